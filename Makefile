@@ -1,0 +1,47 @@
+# ModelFlock developer entry points. `make demo` and `make test` are the README's two commands.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit integration e2e cluster-build cluster-up cluster-down crds bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: local control plane + GPU pools + operator + example portfolio + router + workload
+demo: $(STAMP) cluster-build
+	$(PY) demo/run.py
+
+## test: lint, types, CRD drift, then every test layer (unit, integration, end-to-end)
+test: lint cluster-build
+	$(PY) -m pytest -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator tests bench demo
+	$(VENV)/bin/ruff format --check operator tests bench demo
+	$(VENV)/bin/mypy
+	$(PY) -m modelflock crds --check
+
+unit: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+## cluster-build: build (or reuse) the control-plane binaries, cached in ~/.cache/modelflock
+cluster-build:
+	tests/cluster/build.sh
+
+cluster-up: $(STAMP) cluster-build
+	$(PY) tests/cluster/localcluster.py up
+
+cluster-down:
+	$(PY) tests/cluster/localcluster.py down
+
+crds: $(STAMP)
+	$(PY) -m modelflock crds
+
+clean:
+	rm -rf $(VENV) .modelflock .mypy_cache .ruff_cache dist build

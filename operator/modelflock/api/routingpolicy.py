@@ -1,0 +1,406 @@
+"""RoutingPolicy: which experts a workload may use and how each request picks one."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic.config import JsonDict
+
+from modelflock.api.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    DECIMAL_PATTERN,
+    DNS_LABEL_PATTERN,
+    ApiModel,
+    Condition,
+)
+from modelflock.api.modelexpert import ObjectMeta
+
+KIND = "RoutingPolicy"
+PLURAL = "routingpolicies"
+# Children: <name>-router (gateway Deployment/Service), <name>-router-config, <name>-router-token.
+MAX_NAME_LENGTH = 40
+MAX_EXPERTS = 32
+MAX_INTENTS = 32
+MAX_ROUTES = 32
+
+NAME_ITEMS: JsonDict = {"type": "string", "maxLength": 63, "pattern": DNS_LABEL_PATTERN}
+CascadeCheck = Literal["truncated", "empty", "refusal", "invalidJSON", "lowConfidence"]
+
+
+def _default_cascade_checks() -> list[CascadeCheck]:
+    return ["truncated", "empty", "refusal"]
+
+
+class HeaderMatch(ApiModel):
+    """Matches a request header exactly (name case-insensitive)."""
+
+    name: str = Field(description="Header name.", min_length=1, max_length=128)
+    value: str = Field(description="Exact header value.", max_length=1024)
+
+
+class Intent(ApiModel):
+    """A kind of request the classifier can recognise."""
+
+    name: str = Field(
+        description="Intent name, referenced by routes.",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    description: str = Field(
+        default="",
+        max_length=1024,
+        description="What the intent covers; shown to the llm classifier.",
+    )
+    keywords: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Case-insensitive words or phrases that select this intent (rules stage).",
+        json_schema_extra={"items": {"type": "string", "maxLength": 128}},
+    )
+    patterns: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Regular expressions over the prompt that select this intent (rules stage).",
+        json_schema_extra={"items": {"type": "string", "maxLength": 512}},
+    )
+    min_prompt_chars: int | None = Field(
+        default=None,
+        ge=0,
+        description="Rules stage: select this intent only for prompts at least this long.",
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Requested model names (the request's model field) that select this intent.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 256}},
+    )
+    headers: list[HeaderMatch] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Request headers that select this intent.",
+    )
+    examples: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Example prompts; the embedding stage compares requests with them.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 4096}},
+    )
+
+
+class ClassifierStage(ApiModel):
+    """One stage of the classifier chain; a stage that is unsure hands over to the next."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.type == 'rules' ? !has(self.expert) : has(self.expert)",
+                    "message": "embedding and llm stages name an expert; rules stages do not",
+                    "fieldPath": ".expert",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    type: Literal["rules", "embedding", "llm"] = Field(
+        description="rules (keywords, regex, length, model, headers), embedding (nearest example)"
+        " or llm (a small expert picks one label)."
+    )
+    expert: str | None = Field(
+        default=None,
+        description="Expert that computes embeddings (embedding) or picks the label (llm).",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    timeout_milliseconds: int = Field(
+        default=250, ge=1, le=60_000, description="Time budget of this stage."
+    )
+    min_confidence: str = Field(
+        default="0.5",
+        pattern=DECIMAL_PATTERN,
+        description="Embedding: minimum cosine similarity to accept the nearest intent.",
+    )
+
+
+class Classifier(ApiModel):
+    """How the intent of a request is decided, cheapest stage first."""
+
+    stages: list[ClassifierStage] = Field(
+        default_factory=lambda: [ClassifierStage(type="rules")],
+        min_length=1,
+        max_length=3,
+        description="Stages in order; the first confident answer wins.",
+    )
+    intents: list[Intent] = Field(
+        default_factory=list,
+        max_length=MAX_INTENTS,
+        description="Intents the classifier chooses from.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    default_intent: str = Field(
+        default="default",
+        description="Intent used when no stage is confident.",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+
+
+class RouteMatch(ApiModel):
+    """When a route applies; all given lists must match (each list: any of its items)."""
+
+    intents: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Intents this route serves.",
+        json_schema_extra={"items": NAME_ITEMS},
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Requested model names this route serves.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 256}},
+    )
+    headers: list[HeaderMatch] = Field(
+        default_factory=list, max_length=8, description="Headers the request must carry."
+    )
+
+
+class Cascade(ApiModel):
+    """Try the first expert; escalate to the next when a check fails (non-streaming requests)."""
+
+    experts: list[str] = Field(
+        min_length=2,
+        max_length=4,
+        description="Experts from smallest to largest.",
+        json_schema_extra={"items": NAME_ITEMS},
+    )
+    checks: list[CascadeCheck] = Field(
+        default_factory=_default_cascade_checks,
+        max_length=5,
+        description="Checks that trigger escalation: truncated, empty, refusal, invalidJSON,"
+        " lowConfidence.",
+    )
+    refusal_patterns: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Extra regular expressions that mark an answer as a refusal or unsure.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 512}},
+    )
+    min_confidence: str = Field(
+        default="0.5",
+        pattern=DECIMAL_PATTERN,
+        description="lowConfidence: escalate when the mean token probability is below this.",
+    )
+
+
+class Route(ApiModel):
+    """Sends matching requests to one expert or a cascade, with fallbacks."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.expert) != has(self.cascade)",
+                    "message": "a route names exactly one of expert or cascade",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    name: str = Field(
+        description="Route name (metrics and headers).",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    match: RouteMatch = Field(
+        default_factory=RouteMatch, description="When the route applies; empty matches all."
+    )
+    expert: str | None = Field(
+        default=None,
+        description="The expert that serves this route.",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    cascade: Cascade | None = Field(default=None, description="Small-to-large escalation.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Experts to try when the chosen one is cold, overloaded or failing.",
+        json_schema_extra={"items": NAME_ITEMS},
+    )
+
+
+class RouterDefaults(ApiModel):
+    """Timeouts and limits of the router."""
+
+    request_timeout_seconds: int = Field(
+        default=120, ge=1, le=3600, description="Whole-request budget."
+    )
+    connect_timeout_seconds: int = Field(default=3, ge=1, le=60, description="Upstream connect.")
+    max_attempts: int = Field(
+        default=3, ge=1, le=8, description="Experts tried per request (escalations + fallbacks)."
+    )
+    cold_start_wait_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="How long a request waits for a cold expert without fallback to wake up.",
+    )
+    max_waiting_requests: int = Field(
+        default=64, ge=0, le=100_000, description="Requests held while experts wake up."
+    )
+    overload_queue_depth: int = Field(
+        default=16,
+        ge=1,
+        le=100_000,
+        description="Queue per replica above which an expert counts as overloaded.",
+    )
+    max_body_bytes: int = Field(
+        default=4_194_304, ge=1024, le=104_857_600, description="Largest request body accepted."
+    )
+
+
+class SidecarSpec(ApiModel):
+    """Injection of the router as a sidecar into application pods."""
+
+    inject: bool = Field(
+        default=True,
+        description="Inject into pods labelled modelflock.io/routing-policy=<this policy>.",
+    )
+    port: int = Field(default=8787, ge=1024, le=65535, description="localhost port of the router.")
+    cpu: int | str = Field(default="100m", description="CPU request of the sidecar.")
+    memory: int | str = Field(default="128Mi", description="Memory request and limit.")
+
+
+class GatewaySpec(ApiModel):
+    """A standalone router Deployment and Service for clients that cannot take a sidecar."""
+
+    replicas: int = Field(default=0, ge=0, le=100, description="Gateway replicas; 0: no gateway.")
+    port: int = Field(default=8787, ge=1024, le=65535, description="Service port.")
+
+
+class RoutingPolicySpec(ApiModel):
+    """Desired routing across a set of experts."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.routes.all(r, !has(r.expert) || r.expert in self.experts)",
+                    "message": "every route's expert must be listed in spec.experts",
+                    "fieldPath": ".routes",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "self.routes.all(r, !has(r.cascade)"
+                    " || r.cascade.experts.all(e, e in self.experts))",
+                    "message": "every cascade expert must be listed in spec.experts",
+                    "fieldPath": ".routes",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "self.routes.all(r, !has(r.fallbacks)"
+                    " || r.fallbacks.all(e, e in self.experts))",
+                    "message": "every fallback expert must be listed in spec.experts",
+                    "fieldPath": ".routes",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "!has(self.baseline) || self.baseline in self.experts",
+                    "message": "baseline must be listed in spec.experts",
+                    "fieldPath": ".baseline",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "!has(self.classifier) || !has(self.classifier.stages)"
+                    " || self.classifier.stages.all(s, !has(s.expert) || s.expert in self.experts)",
+                    "message": "classifier stage experts must be listed in spec.experts",
+                    "fieldPath": ".classifier.stages",
+                    "reason": "FieldValueInvalid",
+                },
+                {
+                    "rule": "!has(self.classifier) || !has(self.classifier.intents)"
+                    " || self.routes.all(r, !has(r.match) || !has(r.match.intents)"
+                    " || r.match.intents.all(i, i == self.classifier.defaultIntent"
+                    " || self.classifier.intents.exists(x, x.name == i)))",
+                    "message": "route match intents must be defined in classifier.intents",
+                    "fieldPath": ".routes",
+                    "reason": "FieldValueInvalid",
+                },
+            ]
+        }
+    }
+
+    experts: list[str] = Field(
+        min_length=1,
+        max_length=MAX_EXPERTS,
+        description="Names of the ModelExperts (same namespace) this policy may use.",
+        json_schema_extra={"items": NAME_ITEMS, "x-kubernetes-list-type": "set"},
+    )
+    classifier: Classifier = Field(
+        default_factory=Classifier, description="How the intent of a request is decided."
+    )
+    routes: list[Route] = Field(
+        min_length=1,
+        max_length=MAX_ROUTES,
+        description="Routes in order; the first whose match fits the request is used.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    baseline: str | None = Field(
+        default=None,
+        description="Expert whose prices give the counterfactual cost (savings) of each request.",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    defaults: RouterDefaults = Field(
+        default_factory=RouterDefaults, description="Timeouts, retries and limits."
+    )
+    sidecar: SidecarSpec = Field(default_factory=SidecarSpec, description="Sidecar injection.")
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="Standalone gateway.")
+
+
+class ExpertReadiness(ApiModel):
+    """Readiness of one named expert, as the policy sees it."""
+
+    name: str = Field(description="Expert name.")
+    found: bool = Field(description="Whether the ModelExpert exists.")
+    ready: bool = Field(description="Whether its Ready condition is True.")
+    ready_replicas: int = Field(default=0, description="Its ready replicas.")
+
+
+class RoutingPolicyStatus(ApiModel):
+    """Observed state of a policy."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="ResolvedRefs and Ready.",
+        json_schema_extra=CONDITIONS_SCHEMA_EXTRA,
+    )
+    experts: list[ExpertReadiness] = Field(
+        default_factory=list,
+        max_length=MAX_EXPERTS,
+        description="Per-expert readiness.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    experts_ready: str | None = Field(default=None, description="ready/total, for printing.")
+    config_map_name: str | None = Field(default=None, description="The rendered router config.")
+    config_hash: str | None = Field(default=None, description="SHA-256 of the rendered config.")
+
+
+class RoutingPolicy(ApiModel):
+    """Which experts a workload may use and how each request is routed to one."""
+
+    api_version: Literal["modelflock.io/v1alpha1"] = "modelflock.io/v1alpha1"
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    metadata: ObjectMeta
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None

@@ -1,0 +1,1 @@
+"""The routing sidecar/gateway: an OpenAI-compatible server that picks an expert per request."""

@@ -1,0 +1,225 @@
+"""The router's configuration file (YAML or JSON): what the RoutingPolicy controller renders.
+
+camelCase keys (as in the RoutingPolicy spec it is rendered from); snake_case in Python.
+Everything is checked at load: unknown keys, dangling expert/intent names and bad regexes
+are refused, so a config that loads cannot fail later on a lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+CascadeCheck = Literal["truncated", "empty", "refusal", "invalidJSON", "lowConfidence"]
+
+DEFAULT_REFUSAL_PATTERNS = (
+    r"\b(I'?m|I am) (sorry|unable|not able)\b",
+    r"\bI (cannot|can't|can not) (help|assist|answer|do that)\b",
+    r"\bI('m| am) not (sure|certain)\b",
+    r"\bI don'?t know\b",
+    r"\bas an AI\b",
+)
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _decimal(value: str) -> str:
+    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.[0-9]{1,9})?", value):
+        raise ValueError(f"expected a decimal string such as '0.15', got {value!r}")
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+DecimalString = Annotated[str, AfterValidator(_decimal)]
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+
+class Listen(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+
+
+class Prices(Model):
+    """USD per million tokens, as decimal strings (never floats in a spec)."""
+
+    input_per_million: DecimalString = "0"
+    output_per_million: DecimalString = "0"
+
+    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        return (Decimal(self.input_per_million) * input_tokens
+                + Decimal(self.output_per_million) * output_tokens) / 1_000_000
+
+
+class Expert(Model):
+    name: Name
+    engine: Literal["vllm", "tgi", "external"] = "vllm"
+    urls: list[str] = Field(min_length=1, description="Service URL(s), e.g. http://code-7b:8000")
+    model: str = Field(min_length=1, description="served model name, or the external model")
+    api_key_file: Path | None = Field(default=None, description="mounted Secret file")
+    prices: Prices = Field(default_factory=Prices)
+    tier: str = "medium"
+    capabilities: list[str] = Field(default_factory=list)
+    cold_start_seconds: float = Field(default=60.0, ge=0)
+
+
+class HeaderMatch(Model):
+    name: str = Field(min_length=1)
+    value: str
+
+
+class Intent(Model):
+    name: Name
+    description: str = ""
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[Regex] = Field(default_factory=list)
+    min_prompt_chars: int | None = Field(default=None, ge=0)
+    models: list[str] = Field(default_factory=list)
+    headers: list[HeaderMatch] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=list)
+
+
+class ClassifierStage(Model):
+    type: Literal["rules", "embedding", "llm"]
+    expert: str | None = None
+    timeout_milliseconds: int = Field(default=250, ge=1, le=60_000)
+    min_confidence: DecimalString = "0.5"
+
+    @model_validator(mode="after")
+    def _expert_iff_model_stage(self) -> ClassifierStage:
+        if (self.type == "rules") != (self.expert is None):
+            raise ValueError("embedding and llm stages name an expert; rules stages do not")
+        return self
+
+
+class Classifier(Model):
+    stages: list[ClassifierStage] = Field(
+        default_factory=lambda: [ClassifierStage(type="rules")], min_length=1)
+    intents: list[Intent] = Field(default_factory=list)
+    default_intent: str = "default"
+
+
+class RouteMatch(Model):
+    """All given lists must match; within a list any item matches; empty matches all."""
+
+    intents: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    headers: list[HeaderMatch] = Field(default_factory=list)
+
+
+class Cascade(Model):
+    experts: list[str] = Field(min_length=2)
+    checks: list[CascadeCheck] = Field(default_factory=lambda: ["truncated", "empty", "refusal"])
+    refusal_patterns: list[Regex] = Field(default_factory=list)
+    min_confidence: DecimalString = "0.5"
+
+
+class Route(Model):
+    name: Name
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    expert: str | None = None
+    cascade: Cascade | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Route:
+        if (self.expert is None) == (self.cascade is None):
+            raise ValueError(f"route {self.name}: name exactly one of expert or cascade")
+        return self
+
+    @property
+    def primary(self) -> list[str]:
+        return list(self.cascade.experts) if self.cascade else [str(self.expert)]
+
+
+class Defaults(Model):
+    request_timeout_seconds: float = Field(default=120, gt=0)
+    connect_timeout_seconds: float = Field(default=3, gt=0)
+    first_byte_timeout_seconds: float = Field(default=60, gt=0,
+                                              description="streams: until the first chunk")
+    max_attempts: int = Field(default=3, ge=1, le=8)
+    cold_start_wait_seconds: float = Field(default=60, ge=0)
+    max_waiting_requests: int = Field(default=64, ge=0)
+    overload_queue_depth: int = Field(default=16, ge=1, description="queue per ready replica")
+    max_body_bytes: int = Field(default=4_194_304, ge=1024)
+
+
+class Discovery(Model):
+    """The operator's flock API (docs/discovery.md); absent: use the experts' Service URLs."""
+
+    url: str = Field(description="e.g. http://modelflock-operator.modelflock:8090")
+    token_file: Path
+    namespace: str
+    policy: str
+    interval_seconds: float = Field(default=2.0, gt=0)
+    demand_interval_seconds: float = Field(default=3.0, gt=0)
+    wake_on_fallback: bool = Field(
+        default=True, description="also report demand for a cold expert whose request fell back")
+
+
+class RouterConfig(Model):
+    listen: Listen = Field(default_factory=Listen)
+    models: list[str] = Field(default_factory=lambda: ["auto"],
+                              description="virtual model names that mean: route for me")
+    experts: list[Expert] = Field(min_length=1)
+    classifier: Classifier = Field(default_factory=Classifier)
+    routes: list[Route] = Field(min_length=1)
+    baseline: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    discovery: Discovery | None = None
+    reload_interval_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _references(self) -> RouterConfig:
+        experts = {e.name for e in self.experts}
+        if len(experts) != len(self.experts):
+            raise ValueError("expert names must be unique")
+        intents = {i.name for i in self.classifier.intents} | {self.classifier.default_intent}
+        named: list[tuple[str, str]] = []
+        for route in self.routes:
+            named += [(f"route {route.name}", e) for e in route.primary + route.fallbacks]
+            for intent in route.match.intents:
+                if intent not in intents:
+                    raise ValueError(f"route {route.name}: unknown intent {intent!r}")
+        named += [(f"classifier stage {s.type}", s.expert) for s in self.classifier.stages
+                  if s.expert]
+        if self.baseline:
+            named.append(("baseline", self.baseline))
+        for where, name in named:
+            if name not in experts:
+                raise ValueError(f"{where}: unknown expert {name!r}")
+        if len({r.name for r in self.routes}) != len(self.routes):
+            raise ValueError("route names must be unique")
+        return self
+
+    def expert(self, name: str) -> Expert:
+        return next(e for e in self.experts if e.name == name)
+
+
+def parse_config(text: str) -> RouterConfig:
+    """YAML (JSON is YAML too) → validated config; raises ValueError with the reason."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError("the router config must be a mapping")
+    return RouterConfig.model_validate(data)
+
+
+def load_config(path: Path) -> RouterConfig:
+    return parse_config(path.read_text())

@@ -1,0 +1,103 @@
+"""`modelflock engine-sim`: run a simulated vLLM or TGI engine until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelflock.sim.config import Behaviour, SimSettings
+from modelflock.sim.server import SimServer
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("engine-sim", help="run a simulated vLLM/TGI engine",
+                              description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--flavour", choices=["vllm", "tgi"], default="vllm")
+    p.add_argument("--model", default="sim-model", help="served model name")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--prefill-ms", type=float, default=20.0)
+    p.add_argument("--decode-ms", type=float, default=10.0, help="per generated token")
+    p.add_argument("--output-tokens", type=int, default=16)
+    p.add_argument("--kv-capacity", type=int, default=16384, help="KV cache size in tokens")
+    p.add_argument("--max-concurrent", type=int, default=1024)
+    p.add_argument("--instant", action="store_true", help="no queueing or delays")
+    p.add_argument("--embedding-dim", type=int, default=64)
+    p.add_argument("--api-key-file", type=Path, help="require this bearer token")
+    p.add_argument("--legacy-kv-metric", action="store_true")
+    p.add_argument("--fail-mode", default="ok",
+                   choices=list(Behaviour.model_fields["mode"].annotation.__args__))  # type: ignore[union-attr]
+    p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--first-byte-delay", type=float, default=0.0, help="seconds")
+    p.add_argument("--not-ready", action="store_true", help="/health answers 503")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> SimSettings:
+    key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    return SimSettings(
+        flavour=args.flavour,
+        model=args.model,
+        max_batch=args.max_batch,
+        prefill_seconds=args.prefill_ms / 1000,
+        decode_seconds_per_token=args.decode_ms / 1000,
+        output_tokens=args.output_tokens,
+        kv_capacity_tokens=args.kv_capacity,
+        max_concurrent=args.max_concurrent,
+        instant=args.instant,
+        embedding_dim=args.embedding_dim,
+        api_key=key,
+        legacy_kv_metric=args.legacy_kv_metric,
+        behaviour=Behaviour(mode=args.fail_mode, status=args.fail_status,
+                            first_byte_delay_seconds=args.first_byte_delay,
+                            ready=not args.not_ready),
+    )
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked (or available with `auto`); None means asyncio's default loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def _serve(settings: SimSettings, host: str, port: int) -> None:
+    server = SimServer(settings)
+    await server.start(host, port)
+    # Printed so a parent process using --port 0 learns the address.
+    print(f"engine-sim {settings.flavour} model={settings.model} listening on {server.url}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"engine-sim: {exc}", file=sys.stderr)
+        return 2
+    kwargs: dict[str, Any] = {"loop_factory": loop_factory(args.loop)}
+    with asyncio.Runner(**kwargs) as runner:
+        runner.run(_serve(settings, args.host, args.port))
+    return 0

@@ -1,0 +1,33 @@
+"""Shared fixtures. The control plane is real (tests/cluster); a failure to start it is an
+error in every test that needs it, never a skip."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+
+from localcluster import LocalCluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = LocalCluster(workdir=tmp_path_factory.mktemp("cluster"))
+    local.start()
+    try:
+        local.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        local.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modelexperts.modelflock.io",
+            "crd/routingpolicies.modelflock.io",
+        )
+        yield local
+    finally:
+        local.stop()
