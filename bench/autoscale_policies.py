@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from autoscale_workloads import ModelSize, Workload
-
 from modelflock.autoscale.algorithm import (
     Demand,
     Observation,

@@ -1,6 +1,6 @@
 """Trace-driven simulation of one expert under several workloads and scaling policies.
 
-    python bench/autoscale_sim.py [--seed 7] [--markdown docs/autoscaling-bench.md]
+    python bench/autoscale_sim.py [--seed 7] [--lag 10] [--markdown /tmp/autoscale-bench.md]
 
 Time advances in 1 s steps. Requests arrive (Poisson), wait in one FIFO queue (the router
 balances across replicas), run in the replicas' batches for about the model's service time and
@@ -11,6 +11,7 @@ seconds old. Removed replicas stop taking work at once and are billed while they
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 import time
@@ -20,7 +21,6 @@ from pathlib import Path
 
 from autoscale_policies import HpaLike, KubeAiLike, Oracle, Ours, Policy, View
 from autoscale_workloads import LARGE, SMALL, ModelSize, Workload, poisson, workloads
-
 from modelflock.autoscale.algorithm import ScalingPolicy
 
 OBJECTIVE_SECONDS = 2  # queue-time objective per request
@@ -103,6 +103,12 @@ class Cluster:
         return admitted
 
 
+def _in_step(workload: Workload, arrival: int) -> bool:
+    if workload.step_at is None or arrival < workload.step_at:
+        return False
+    return workload.step_until is None or arrival < workload.step_until
+
+
 def simulate(
     workload: Workload, size: ModelSize, policy: Policy, seed: int, lag: int
 ) -> Result:
@@ -125,9 +131,8 @@ def simulate(
         for arrival, count in cluster.admit(now):
             if now - arrival <= OBJECTIVE_SECONDS:
                 result.on_time += count
-            elif workload.step_at is not None and workload.step_at <= arrival:
-                if workload.step_until is None or arrival < workload.step_until:
-                    last_miss_arrival = max(last_miss_arrival or arrival, arrival)
+            elif _in_step(workload, arrival):
+                last_miss_arrival = max(last_miss_arrival or arrival, arrival)
 
         ready = cluster.ready(now)
         held = cluster.waiting if ready == 0 else 0
@@ -160,8 +165,8 @@ def simulate(
     result.scale_events = len(desired_log)
     result.reversals = sum(
         1
-        for (t0, d0), (t1, d1) in zip(desired_log, desired_log[1:], strict=False)
-        if (d0 > 0) != (d1 > 0) and d0 < 0 and t1 - t0 < FLAP_SECONDS
+        for (t0, d0), (t1, d1) in itertools.pairwise(desired_log)
+        if d0 < 0 < d1 and t1 - t0 < FLAP_SECONDS
     )
     if workload.step_at is not None:
         result.recover_seconds = (

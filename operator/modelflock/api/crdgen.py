@@ -118,8 +118,7 @@ def openapi_schema(info: KindInfo) -> dict[str, Any]:
                 "rule": f"size(self.metadata.name) <= {info.max_name_length}",
                 "message": f"metadata.name must be at most {info.max_name_length} characters"
                 " so that the names of derived objects fit",
-                "fieldPath": ".metadata.name",
-                "reason": "FieldValueTooLong",
+                "reason": "FieldValueInvalid",
             }
         ],
     }

@@ -26,9 +26,11 @@ Engine = Literal["vllm", "tgi", "external"]
 Quantization = Literal["none", "awq", "gptq", "fp8", "int8", "int4", "bitsandbytes", "eetq"]
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Default autoscaling settings; bench/autoscale_sim.py is how they were chosen.
-DEFAULT_TARGET_QUEUE_DEPTH = 4
+DEFAULT_TARGET_QUEUE_DEPTH = 3
 DEFAULT_SCALE_UP_STABILIZATION_SECONDS = 0
-DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS = 120
+DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS = 300
+DEFAULT_TOLERANCE_PERCENT = 10
+DEFAULT_MAX_SCALE_UP_STEP = 4
 DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS = 600
 
 
@@ -213,6 +215,19 @@ class Autoscaling(ApiModel):
         le=10_000,
         description="Waiting requests per replica the autoscaler aims for.",
     )
+    tolerance_percent: int = Field(
+        default=DEFAULT_TOLERANCE_PERCENT,
+        ge=0,
+        le=90,
+        description="Headroom kept when scaling down: replicas run at most (100 - this)% of"
+        " their learned batch capacity, so small load changes cause no scale events.",
+    )
+    max_scale_up_step: int = Field(
+        default=DEFAULT_MAX_SCALE_UP_STEP,
+        ge=1,
+        le=100,
+        description="Most replicas added in one decision.",
+    )
     scale_up_stabilization_seconds: int = Field(
         default=DEFAULT_SCALE_UP_STABILIZATION_SECONDS,
         ge=0,
@@ -303,7 +318,8 @@ class ModelExpertSpec(ApiModel):
                 },
                 {
                     "rule": "self.engine == 'external' || has(self.nodePool)"
-                    " || !has(self.resources) || self.resources.gpus == 0",
+                    " || (has(self.resources) && has(self.resources.gpus)"
+                    " && self.resources.gpus == 0)",
                     "message": "nodePool is required for engines that use GPUs",
                     "fieldPath": ".nodePool",
                     "reason": "FieldValueRequired",

@@ -216,8 +216,10 @@ def _recommend(
             f"{load.waiting:g} waiting and {load.running:g} running need {_ceil(up)} replicas "
             f"at {capacity:g} running + {target} waiting each"
         )
-    down = load.in_flight / capacity
-    if down < on_hand * (1 - tol):
+    # Keep (1 - tolerance) of every batch free after a decrease: at 100% utilisation a queue
+    # forms by chance and the next scale-up would undo this one.
+    down = load.in_flight / (capacity * (1 - tol))
+    if _ceil(down) < on_hand:
         return max(1, _ceil(down)), Reason.LOAD_BELOW_CAPACITY, (
             f"{load.in_flight:g} in flight fit in {max(1, _ceil(down))} replicas "
             f"of {capacity:g}"
@@ -273,6 +275,11 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         desired, reason, message = 0, Reason.SCALED_TO_ZERO, f"idle for {idle_for:g}s"
     else:
         desired, reason, message = _stabilize(policy, history, current, raw, reason, message)
+        if on_hand == 0 and demand_fresh and desired < raw:
+            # Requests are held right now: waking is never delayed by the scale-up window.
+            desired, reason, message = raw, Reason.WOKEN_BY_DEMAND, (
+                f"routers hold {obs.demand.waiting if obs.demand else 0} requests"
+            )
         if load.failed and desired < current:
             desired, reason, message = current, Reason.METRICS_UNAVAILABLE, (
                 f"{load.failed} of {len(obs.ready)} scrapes failed; not scaling down"

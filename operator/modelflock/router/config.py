@@ -124,9 +124,13 @@ class RouteMatch(Model):
     headers: list[HeaderMatch] = Field(default_factory=list)
 
 
+def _default_checks() -> list[CascadeCheck]:
+    return ["truncated", "empty", "refusal"]
+
+
 class Cascade(Model):
     experts: list[str] = Field(min_length=2)
-    checks: list[CascadeCheck] = Field(default_factory=lambda: ["truncated", "empty", "refusal"])
+    checks: list[CascadeCheck] = Field(default_factory=_default_checks)
     refusal_patterns: list[Regex] = Field(default_factory=list)
     min_confidence: DecimalString = "0.5"
 

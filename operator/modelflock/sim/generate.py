@@ -99,7 +99,7 @@ def parse_job(body: object, chat: bool, served_model: str) -> Job:
         top = top_field if isinstance(top_field, int) else 0
     else:
         logprobs = isinstance(logprobs_field, int) and not isinstance(logprobs_field, bool)
-        top = int(logprobs_field) if logprobs else 0
+        top = logprobs_field if isinstance(logprobs_field, int) and logprobs else 0
     response_format = body.get("response_format") or {}
     json_mode = isinstance(response_format, dict) and response_format.get("type") in (
         "json_object", "json_schema")

@@ -26,7 +26,9 @@ class SimServer:
     def __init__(self, settings: SimSettings) -> None:
         self.app = build_app(settings)
         # Cancel the handler when the client disconnects, as the real engines abort requests.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # A short shutdown: stop() is how tests kill an engine, streams included.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=0.2)
         self.host = ""
         self.port = 0
         self._stopped = False

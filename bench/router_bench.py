@@ -1,0 +1,332 @@
+"""Router benchmark: direct to the engine vs the ModelFlock router vs the LiteLLM proxy.
+
+Everything on 127.0.0.1. The proxy under test is pinned to core 0; the simulated engine
+(instant mode) and the load generators share core 1. Load: `wrk` (non-streaming) and an
+aiohttp client (streaming time to first chunk, 1,000 concurrent streams).
+
+    python bench/router_bench.py [--duration 4] [--litellm PATH | --no-litellm]
+
+Prints one table. Bounded: every phase has a fixed duration or count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+HOST = "127.0.0.1"
+BODY = {"model": "auto", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "write a python function to sort a list"}]}
+MASTER_KEY = "sk-bench-local"
+CONCURRENCY = (1, 4, 8, 16, 32, 64)
+DEFAULT_LITELLM = Path.home() / ".cache/modelflock-bench/litellm-venv/bin/litellm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float = 90.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def process(cmd: list[str], core: int, env: dict[str, str] | None = None,
+            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    out = log.open("wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=out,
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """The process and its descendants (taskset execs in place; LiteLLM may fork)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout.split()
+    pids = [pid]
+    for child in out:
+        pids += tree_pids(int(child))
+    return pids
+
+
+def peak_rss_mib(pid: int) -> float:
+    total = 0
+    for p in tree_pids(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, concurrency: int, duration: int, script: Path) -> WrkResult:
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{concurrency}", f"-d{duration}s",
+           "--latency", "-s", str(script), url]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        assert m, text
+        return float(m.group(1)) * _UNITS[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                              r"timeout (\d+)", text)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    assert rps and total, text
+    return WrkResult(float(rps.group(1)), pct("50"), pct("99"), int(total.group(1)), errors)
+
+
+async def stream_ttfc(url: str, headers: dict[str, str], count: int) -> float:
+    """Median time to the first content chunk of sequential streaming requests (ms)."""
+    body = {**BODY, "stream": True}
+    samples = []
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for _ in range(count):
+            start = time.perf_counter()
+            async with session.post(url, json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                async for line in resp.content:
+                    if b'"content"' in line:
+                        samples.append((time.perf_counter() - start) * 1000)
+                        break
+                await resp.read()
+    return statistics.median(samples)
+
+
+async def many_streams(url: str, headers: dict[str, str], count: int, model: str) -> int:
+    """Open `count` concurrent streams to a slow engine; returns how many completed."""
+    body = {**BODY, "model": model, "stream": True}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(headers=headers, connector=connector,
+                                     timeout=timeout) as session:
+
+        async def one() -> bool:
+            try:
+                async with session.post(url, json=body) as resp:
+                    data = await resp.read()
+                    return resp.status == 200 and b"[DONE]" in data
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        results = await asyncio.gather(*[one() for _ in range(count)])
+    return sum(results)
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # base URL
+    headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    rows: dict[int, WrkResult] = field(default_factory=dict)
+    cpu_ms_per_request: float | None = None
+    ttfc_ms: float | None = None
+    rss_mib: float | None = None
+    streams_ok: int | None = None
+
+
+def write_wrk_script(path: Path, headers: dict[str, str]) -> None:
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(BODY))}",
+             'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def measure(target: Target, duration: int, workdir: Path) -> None:
+    script = workdir / f"{target.name.split()[0]}.lua"
+    write_wrk_script(script, target.headers)
+    url = f"{target.url}/v1/chat/completions"
+    run_wrk(url, 8, 1, script)  # warm up connections and code paths
+    for concurrency in CONCURRENCY:
+        before = cpu_seconds(target.pid) if target.pid else 0.0
+        result = run_wrk(url, concurrency, duration, script)
+        if target.pid and concurrency == 32:
+            used = sum(cpu_seconds(p) for p in tree_pids(target.pid)) - before
+            target.cpu_ms_per_request = used * 1000 / max(result.requests, 1)
+        target.rows[concurrency] = result
+        print(f"  {target.name:<18} c={concurrency:<3} {result.rps:8.0f} req/s  "
+              f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+              f"errors {result.errors}", file=sys.stderr, flush=True)
+    target.ttfc_ms = asyncio.run(stream_ttfc(url, target.headers, 200))
+
+
+def router_config(path: Path, fast: str, slow: str) -> None:
+    path.write_text(json.dumps({
+        "listen": {"host": HOST, "port": 0},
+        "models": ["auto"],
+        "experts": [
+            {"name": "fast", "urls": [fast], "model": "auto",
+             "prices": {"inputPerMillion": "0.1", "outputPerMillion": "0.2"}},
+            {"name": "slow", "urls": [slow], "model": "slow"},
+        ],
+        "classifier": {"stages": [{"type": "rules"}], "intents": [
+            {"name": "code", "keywords": ["python", "function", "bug"],
+             "patterns": [r"\bdef \w+\("]},
+            {"name": "summarize", "keywords": ["summarize", "tl;dr"]}],
+            "defaultIntent": "chat"},
+        "routes": [{"name": "code", "match": {"intents": ["code"]}, "expert": "fast"},
+                   {"name": "other", "expert": "fast"}],
+        "defaults": {"maxWaitingRequests": 2000},
+    }))
+
+
+def litellm_config(path: Path, fast: str, slow: str) -> None:
+    path.write_text(json.dumps({
+        "model_list": [
+            {"model_name": "auto", "litellm_params": {
+                "model": "openai/auto", "api_base": f"{fast}/v1", "api_key": "sk-unused"}},
+            {"model_name": "slow", "litellm_params": {
+                "model": "openai/slow", "api_base": f"{slow}/v1", "api_key": "sk-unused"}},
+        ],
+        "general_settings": {"master_key": MASTER_KEY},
+        "litellm_settings": {"telemetry": False},
+    }))
+
+
+def table(targets: list[Target], direct: Target) -> str:
+    head = ["", "added p50 c=1", "added p99 c=1", "req/s c=32", "max req/s (p99 +<5ms)",
+            "stream TTFC (+)", "CPU/req", "peak RSS, 1000 streams"]
+    rows = [head]
+    for t in targets:
+        c1, d1 = t.rows[1], direct.rows[1]
+        sustainable = max((r.rps for c, r in t.rows.items()
+                           if r.p99_ms - direct.rows[c].p99_ms < 5.0 and r.errors == 0),
+                          default=0.0)
+        is_direct = t is direct
+        rows.append([
+            t.name,
+            "-" if is_direct else f"+{c1.p50_ms - d1.p50_ms:.2f} ms",
+            "-" if is_direct else f"+{c1.p99_ms - d1.p99_ms:.2f} ms",
+            f"{t.rows[32].rps:,.0f}",
+            f"{sustainable:,.0f}",
+            f"{t.ttfc_ms:.2f} ms" if is_direct or t.ttfc_ms is None or direct.ttfc_ms is None
+            else f"+{t.ttfc_ms - direct.ttfc_ms:.2f} ms",
+            "-" if t.cpu_ms_per_request is None else f"{t.cpu_ms_per_request:.2f} ms",
+            "-" if t.rss_mib is None else f"{t.rss_mib:.0f} MiB ({t.streams_ok} ok)",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+             for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--litellm", type=Path, default=DEFAULT_LITELLM)
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--streams", type=int, default=1000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("needs wrk and taskset", file=sys.stderr)
+        return 2
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fast_port, slow_port, router_port, litellm_port = (free_port() for _ in range(4))
+        fast, slow = f"http://{HOST}:{fast_port}", f"http://{HOST}:{slow_port}"
+        sim = [python, "-m", "modelflock", "engine-sim", "--host", HOST, "--loop", "uvloop"]
+        with process([*sim, "--port", str(fast_port), "--model", "auto", "--instant"], 1), \
+             process([*sim, "--port", str(slow_port), "--model", "slow", "--prefill-ms", "0",
+                      "--decode-ms", "100", "--output-tokens", "20", "--max-batch", "5000",
+                      "--max-concurrent", "5000"], 1):
+            wait_http(f"{fast}/health")
+            wait_http(f"{slow}/health")
+            targets = [Target("direct (engine)", fast)]
+            router_config(work / "router.json", fast, slow)
+            router_cmd = [python, "-m", "modelflock", "router", "--config",
+                          str(work / "router.json"), "--port", str(router_port),
+                          "--loop", "uvloop", "--log-level", "WARNING"]
+            with process(router_cmd, 0, log=work / "router.log") as router:
+                base = f"http://{HOST}:{router_port}"
+                wait_http(f"{base}/readyz")
+                targets.append(Target("ModelFlock router", base, pid=router.pid))
+                measure(targets[0], args.duration, work)
+                measure(targets[1], args.duration, work)
+                targets[1].streams_ok = asyncio.run(many_streams(
+                    f"{base}/v1/chat/completions", {}, args.streams, "slow"))
+                targets[1].rss_mib = peak_rss_mib(router.pid)
+            if not args.no_litellm:
+                litellm_config(work / "litellm.json", fast, slow)
+                env = {"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                       "LITELLM_TELEMETRY": "False"}
+                cmd = [str(args.litellm), "--config", str(work / "litellm.json"), "--host",
+                       HOST, "--port", str(litellm_port), "--num_workers", "1"]
+                with process(cmd, 0, env=env, log=work / "litellm.log") as litellm:
+                    base = f"http://{HOST}:{litellm_port}"
+                    wait_http(f"{base}/health/liveliness", 180)
+                    target = Target("LiteLLM proxy", base,
+                                    {"Authorization": f"Bearer {MASTER_KEY}"}, litellm.pid)
+                    targets.append(target)
+                    measure(target, args.duration, work)
+                    target.streams_ok = asyncio.run(many_streams(
+                        f"{base}/v1/chat/completions", target.headers, args.streams, "slow"))
+                    target.rss_mib = peak_rss_mib(litellm.pid)
+    load = os.getloadavg()
+    print(table(targets, targets[0]))
+    print(f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} cores; wrk runs of {args.duration:g} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

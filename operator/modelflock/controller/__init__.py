@@ -1,0 +1,1 @@
+"""The operator: kopf handlers (thin), startup, and the operator configuration."""

@@ -1,0 +1,89 @@
+"""Everything the handlers share, created at operator start-up and kept in kopf's memo."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
+from modelflock.autoscale.sources import DemandStore, PodTarget, SourceMetrics
+from modelflock.controller.config import OperatorConfig
+from modelflock.controller.kube import Kube
+from modelflock.controller.metrics import OperatorMetrics
+
+ObjectKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class ExpertState:
+    """Per-expert memory of the operator (lost on restart by design: all of it is re-learnt)."""
+
+    trigger: asyncio.Event = field(default_factory=asyncio.Event)
+    scaler: ScalerMemory = field(default_factory=ScalerMemory)
+    # Replicas the autoscaler last wrote; a different spec.replicas means someone scaled by hand.
+    written_replicas: int | None = None
+    last_autoscale: float = 0.0
+    loads: tuple[tuple[PodTarget, PodLoad | None], ...] = ()
+    ready_targets: tuple[PodTarget, ...] = ()
+    served_pods: set[str] = field(default_factory=set)
+    ready_replicas: int = 0
+    desired_replicas: int = 0
+    cold_start_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class PolicyAccess:
+    """What a router holding this policy's token may see and wake."""
+
+    token: str
+    experts: frozenset[str]
+
+
+@dataclass
+class OperatorContext:
+    config: OperatorConfig
+    kube: Kube
+    registry: CollectorRegistry
+    metrics: OperatorMetrics
+    source_metrics: SourceMetrics
+    demand: DemandStore = field(default_factory=DemandStore)
+    experts: dict[ObjectKey, ExpertState] = field(default_factory=dict)
+    policy_triggers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
+    # Filled by the RoutingPolicy workers: each policy's router token and the experts it names.
+    policy_access: dict[ObjectKey, PolicyAccess] = field(default_factory=dict)
+    http: aiohttp.ClientSession | None = None
+
+    def expert_state(self, key: ObjectKey) -> ExpertState:
+        state = self.experts.get(key)
+        if state is None:
+            state = self.experts[key] = ExpertState()
+        return state
+
+    def trigger_expert(self, key: ObjectKey) -> None:
+        state = self.experts.get(key)
+        if state is not None:
+            state.trigger.set()
+
+    def trigger_policy(self, key: ObjectKey) -> None:
+        event = self.policy_triggers.get(key)
+        if event is not None:
+            event.set()
+
+    def trigger_policies_in(self, namespace: str) -> None:
+        for (ns, _), event in self.policy_triggers.items():
+            if ns == namespace:
+                event.set()
+
+
+def new_context(config: OperatorConfig, kube: Kube) -> OperatorContext:
+    registry = CollectorRegistry()
+    return OperatorContext(
+        config=config,
+        kube=kube,
+        registry=registry,
+        metrics=OperatorMetrics(registry),
+        source_metrics=SourceMetrics(registry),
+    )

@@ -1,0 +1,322 @@
+"""Reconciling one ModelExpert: children, status, and the autoscaler tick.
+
+Level-based and idempotent: each call computes the desired children with the pure renderers,
+applies them with server-side apply, reads back what the cluster shows and writes a truthful
+status. The per-expert worker (a kopf daemon) calls it on events, on a timer and after scaling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelflock.api.common import GROUP, VERSION
+from modelflock.api.modelexpert import ModelExpert, ModelExpertSpec, ModelExpertStatus
+from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod
+from modelflock.autoscale.loop import ExpertPods, evaluate
+from modelflock.autoscale.metrics_parse import Engine
+from modelflock.autoscale.sources import MetricSource, PodTarget, PrometheusSource, ScrapeSource
+from modelflock.controller.context import ExpertState, ObjectKey, OperatorContext
+from modelflock.controller.kube import api_error_message
+from modelflock.render.checks import check_expert
+from modelflock.render.expert import (
+    ExpertRef,
+    engine_port,
+    render_deployment,
+    render_service,
+    selector_string,
+    service_endpoint,
+)
+from modelflock.render.expert_status import Observed, Transition, compute_status
+
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelExpert"
+
+
+def desired_replicas(spec: ModelExpertSpec) -> int:
+    """What the Deployment runs: spec.replicas (the autoscaler writes it), kept within bounds."""
+    if spec.autoscaling is not None and not spec.autoscaling.enabled:
+        return spec.replicas if spec.replicas is not None else 1
+    scaling = spec.effective_autoscaling()
+    wanted = spec.replicas if spec.replicas is not None else scaling.min_replicas
+    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+
+
+def scaling_policy(spec: ModelExpertSpec) -> ScalingPolicy:
+    scaling = spec.effective_autoscaling()
+    return ScalingPolicy(
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_queue_depth=scaling.target_queue_depth,
+        tolerance_percent=scaling.tolerance_percent,
+        max_scale_up_step=scaling.max_scale_up_step,
+        scale_up_window_seconds=scaling.scale_up_stabilization_seconds,
+        scale_down_window_seconds=scaling.scale_down_stabilization_seconds,
+        scale_to_zero_after_seconds=scaling.scale_to_zero_after_seconds,
+    )
+
+
+def _pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _pod_age_seconds(pod: Mapping[str, Any], now: datetime) -> float:
+    created = pod.get("metadata", {}).get("creationTimestamp")
+    if not created:
+        return 0.0
+    stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    return max(0.0, (now - stamp).total_seconds())
+
+
+def split_pods(
+    pods: Sequence[Mapping[str, Any]], spec: ModelExpertSpec, state: ExpertState, now: datetime
+) -> tuple[tuple[PodTarget, ...], tuple[StartingPod, ...]]:
+    """Ready pods with an IP become scrape targets; the rest count as capacity on the way."""
+    engine = Engine.TGI if spec.engine == "tgi" else Engine.VLLM
+    port = engine_port(spec)
+    ready: list[PodTarget] = []
+    starting: list[StartingPod] = []
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            continue
+        name = str(meta.get("name"))
+        ip = pod.get("status", {}).get("podIP")
+        if _pod_is_ready(pod) and ip:
+            state.served_pods.add(name)
+            ready.append(PodTarget(name=name, url=f"http://{ip}:{port}", engine=engine))
+        else:
+            scheduled = bool(pod.get("spec", {}).get("nodeName"))
+            starting.append(
+                StartingPod(
+                    age_seconds=_pod_age_seconds(pod, now),
+                    scheduled=scheduled,
+                    ever_served=name in state.served_pods,
+                )
+            )
+    return tuple(ready), tuple(starting)
+
+
+async def _secret_problem(
+    ctx: OperatorContext, namespace: str, spec: ModelExpertSpec
+) -> str | None:
+    """For external experts: which Secret or key is missing. Never returns or logs the value."""
+    ref = spec.external.api_key_secret_ref if spec.external is not None else None
+    if ref is None:
+        return None
+    secret = await ctx.kube.get("v1", "Secret", ref.name, namespace)
+    if secret is None:
+        return f"Secret {ref.name} not found in namespace {namespace}"
+    data = secret.get("data") or {}
+    if ref.key not in data:
+        return f"Secret {ref.name} has no key {ref.key}"
+    return None
+
+
+def _post_events(body: kopf.Body, transitions: Sequence[Transition]) -> None:
+    for item in transitions:
+        kopf.event(
+            body,
+            type="Warning" if item.warning else "Normal",
+            reason=item.reason,
+            message=f"{item.type}={item.status}: {item.message}"[:1024],
+        )
+
+
+def _parse(body: Mapping[str, Any]) -> ModelExpert:
+    return ModelExpert.model_validate(
+        {
+            "metadata": {
+                k: v
+                for k, v in body["metadata"].items()
+                if k in {"name", "namespace", "uid", "generation"}
+            },
+            "spec": body.get("spec") or {},
+            "status": body.get("status") or None,
+        }
+    )
+
+
+async def reconcile_expert(
+    ctx: OperatorContext, key: ObjectKey, body: kopf.Body, logger: kopf.Logger
+) -> None:
+    """One full pass: children, autoscaler tick when due, status."""
+    started = time.monotonic()
+    state = ctx.expert_state(key)
+    try:
+        expert = _parse(body)
+    except ValidationError as error:
+        # Admission should have refused it; report instead of crashing the worker.
+        ctx.metrics.reconciles.labels(KIND, "invalid").inc()
+        kopf.warn(body, reason="InvalidSpec", message=str(error)[:1024])
+        return
+    namespace, name = key
+    spec = expert.spec
+    ref = ExpertRef(name=name, namespace=namespace, uid=str(expert.metadata.uid))
+    now = datetime.now(UTC)
+    generation = int(expert.metadata.generation or 0)
+    status_before = expert.status or ModelExpertStatus()
+    extra: dict[str, Any] = {}
+
+    if spec.engine == "external":
+        assert spec.external is not None
+        observed = Observed(
+            generation=generation,
+            spec=spec,
+            endpoint=spec.external.base_url,
+            secret_problem=await _secret_problem(ctx, namespace, spec),
+        )
+    else:
+        problems = check_expert(spec, ctx.config)
+        replicas = desired_replicas(spec)
+        if not any(p.blocking for p in problems):
+            await ctx.kube.apply(render_service(ref, spec))
+            await ctx.kube.apply(render_deployment(ref, spec, ctx.config, replicas))
+        deployment = await ctx.kube.get("apps/v1", "Deployment", name, namespace)
+        pods = await ctx.kube.list("v1", "Pod", namespace, selector_string(ref))
+        observed = Observed(
+            generation=generation,
+            spec=spec,
+            problems=problems,
+            deployment=deployment,
+            pods=pods,
+            desired_replicas=replicas,
+            endpoint=service_endpoint(ref, ctx.config.service_domain),
+            selector=selector_string(ref),
+        )
+        state.desired_replicas = replicas
+        ready_targets, starting = split_pods(pods, spec, state, now)
+        state.ready_targets = ready_targets
+        autoscaling = spec.effective_autoscaling()
+        due = time.monotonic() - state.last_autoscale >= ctx.config.autoscaler.interval_seconds
+        if autoscaling.enabled and deployment is not None and due:
+            extra = await autoscale_tick(
+                ctx,
+                key,
+                body,
+                spec,
+                state,
+                ExpertPods(replicas, ready_targets, starting),
+                logger,
+                now,
+            )
+
+    result = compute_status(observed, status_before, now)
+    state.ready_replicas = result.status.ready_replicas or 0
+    status = result.status.model_copy(update=extra).to_api()
+    if status != status_before.to_api():
+        await ctx.kube.patch_status(API_VERSION, KIND, name, namespace, status)
+        # Policies that name this expert re-render on readiness/endpoint changes.
+        ctx.trigger_policies_in(namespace)
+    _post_events(body, result.transitions)
+    _record_condition_metrics(ctx, key, result.status)
+    ctx.metrics.reconciles.labels(KIND, "ok").inc()
+    ctx.metrics.reconcile_seconds.labels(KIND).observe(time.monotonic() - started)
+
+
+def _record_condition_metrics(
+    ctx: OperatorContext, key: ObjectKey, status: ModelExpertStatus
+) -> None:
+    namespace, name = key
+    for condition in status.conditions:
+        for value in ("True", "False", "Unknown"):
+            ctx.metrics.experts.labels(namespace, name, condition.type, value).set(
+                1 if condition.status == value else 0
+            )
+
+
+def metric_source(ctx: OperatorContext, spec: ModelExpertSpec, namespace: str) -> MetricSource:
+    assert ctx.http is not None
+    settings = ctx.config.autoscaler
+    wanted = spec.effective_autoscaling().metric_source
+    if wanted == "prometheus" and settings.prometheus_url:
+        return PrometheusSource(
+            ctx.http,
+            ctx.source_metrics,
+            settings.prometheus_url,
+            namespace,
+            timeout_seconds=settings.scrape_timeout_seconds,
+        )
+    return ScrapeSource(
+        ctx.http, ctx.source_metrics, timeout_seconds=settings.scrape_timeout_seconds
+    )
+
+
+async def autoscale_tick(
+    ctx: OperatorContext,
+    key: ObjectKey,
+    body: kopf.Body,
+    spec: ModelExpertSpec,
+    state: ExpertState,
+    pods: ExpertPods,
+    logger: kopf.Logger,
+    now: datetime,
+) -> dict[str, Any]:
+    """Sample, decide, write replicas through the scale subresource. Returns status fields."""
+    namespace, name = key
+    state.last_autoscale = time.monotonic()
+    current = pods.current_replicas
+    if (
+        state.written_replicas is not None
+        and spec.replicas is not None
+        and spec.replicas != state.written_replicas
+    ):
+        kopf.event(
+            body,
+            type="Warning",
+            reason="ManualScaleOverridden",
+            message=f"spec.replicas was set to {spec.replicas} by hand while autoscaling is on;"
+            f" the autoscaler keeps {state.written_replicas} (disable autoscaling to scale by hand)",
+        )
+        current = state.written_replicas
+        pods = ExpertPods(current, pods.ready, pods.starting)
+    policy = scaling_policy(spec)
+    evaluation = await evaluate(
+        policy,
+        pods,
+        metric_source(ctx, spec, namespace),
+        ctx.demand.latest(namespace, name),
+        state.scaler,
+        time.monotonic(),  # the DemandStore's clock
+    )
+    decision = evaluation.decision
+    state.scaler = decision.memory
+    state.loads = evaluation.loads
+    desired = decision.desired_replicas
+    direction = "up" if desired > current else "down" if desired < current else "none"
+    ctx.metrics.decisions.labels(namespace, name, decision.reason.value, direction).inc()
+    ctx.metrics.queue_depth.labels(namespace, name).set(decision.queue_depth)
+    ctx.metrics.target_queue_depth.labels(namespace, name).set(policy.target_queue_depth)
+    ctx.metrics.desired_replicas.labels(namespace, name).set(desired)
+    fields: dict[str, Any] = {"queue_depth": round(decision.queue_depth)}
+    if desired != current or spec.replicas != desired:
+        try:
+            await ctx.kube.scale(API_VERSION, KIND, name, namespace, desired)
+        except Exception as error:
+            ctx.metrics.errors.labels(KIND, "scale").inc()
+            logger.warning(
+                "cannot scale %s/%s to %d: %s", namespace, name, desired, api_error_message(error)
+            )
+            return fields
+        state.written_replicas = desired
+        if desired != current:
+            kopf.event(
+                body,
+                type="Normal",
+                reason="Scaled",
+                message=f"{current} -> {desired} replicas: {decision.reason.value}: {decision.message}"[
+                    :1024
+                ],
+            )
+            fields["last_scale_time"] = now
+            fields["last_scale_reason"] = decision.reason.value
+            state.trigger.set()  # apply the new replica count to the Deployment right away
+    if decision.reason is Reason.METRICS_UNAVAILABLE:
+        logger.debug("%s/%s: %s", namespace, name, decision.message)
+    return fields

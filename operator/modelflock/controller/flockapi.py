@@ -1,0 +1,100 @@
+"""The flock API: how routers (with no Kubernetes permissions) learn expert replicas and load,
+and signal demand for cold experts. Contract: docs/discovery.md.
+
+Each RoutingPolicy has its own bearer token; a token opens only its policy, and a policy only
+shows the experts it names.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+
+PREFIX = "/flock/v1/namespaces/{namespace}/routingpolicies/{policy}"
+MAX_DEMAND_BODY = 4096
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+def _authorize(
+    ctx: OperatorContext, request: web.Request
+) -> tuple[ObjectKey, PolicyAccess] | web.Response:
+    key = (request.match_info["namespace"], request.match_info["policy"])
+    access = ctx.policy_access.get(key)
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else ""
+    # Same answer for unknown policy and wrong token: don't reveal which policies exist.
+    if access is None or not token or not hmac.compare_digest(token, access.token):
+        return _error(401, "missing or invalid bearer token for this routing policy")
+    return key, access
+
+
+def endpoints_document(
+    ctx: OperatorContext, namespace: str, experts: frozenset[str]
+) -> dict[str, Any]:
+    """The discovery answer for one policy: replicas and last-known load per named expert."""
+    result: dict[str, Any] = {}
+    for name in sorted(experts):
+        state = ctx.experts.get((namespace, name))
+        if state is None:
+            continue
+        loads = {target.name: load for target, load in state.loads}
+        endpoints = []
+        for target in state.ready_targets:
+            entry: dict[str, Any] = {"url": target.url, "ready": True}
+            load = loads.get(target.name)
+            if load is not None:
+                entry["queueDepth"] = round(load.waiting)
+                entry["running"] = round(load.running)
+            endpoints.append(entry)
+        result[name] = {
+            "readyReplicas": state.ready_replicas,
+            "desiredReplicas": state.desired_replicas,
+            "coldStartSeconds": state.cold_start_seconds,
+            "endpoints": endpoints,
+        }
+    return {"experts": result, "generatedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def flock_app(ctx: OperatorContext) -> web.Application:
+    async def endpoints(request: web.Request) -> web.Response:
+        checked = _authorize(ctx, request)
+        if isinstance(checked, web.Response):
+            return checked
+        (namespace, _), access = checked
+        return web.json_response(endpoints_document(ctx, namespace, access.experts))
+
+    async def demand(request: web.Request) -> web.Response:
+        checked = _authorize(ctx, request)
+        if isinstance(checked, web.Response):
+            return checked
+        (namespace, _), access = checked
+        if (request.content_length or 0) > MAX_DEMAND_BODY:
+            return _error(413, "demand body too large")
+        try:
+            body = await request.json()
+            expert = str(body["expert"])
+            waiting = int(body.get("waiting", 1))
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'expected JSON {"expert": "<name>", "waiting": <int>}')
+        if expert not in access.experts:
+            return _error(403, f"expert {expert!r} is not named by this routing policy")
+        ctx.demand.record(namespace, expert, waiting)
+        ctx.trigger_expert((namespace, expert))
+        return web.json_response({"accepted": True}, status=202)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=MAX_DEMAND_BODY)
+    app.router.add_get(PREFIX + "/endpoints", endpoints)
+    app.router.add_post(PREFIX + "/demand", demand)
+    app.router.add_get("/healthz", healthz)
+    return app

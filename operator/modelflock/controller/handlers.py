@@ -1,0 +1,190 @@
+"""kopf handlers: parse the event, find the object, delegate. No logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import kopf
+
+from modelflock.api.common import GROUP, VERSION
+from modelflock.controller.context import OperatorContext
+from modelflock.controller.expert import reconcile_expert
+from modelflock.controller.kube import api_error_message
+from modelflock.controller.policy import reconcile_policy
+from modelflock.controller.servers import start_servers
+from modelflock.render.expert import EXPERT_LABEL
+
+FINALIZER = "modelflock.io/finalizer"
+ERROR_BACKOFF_SECONDS = 5.0
+
+
+def _context(memo: Any) -> OperatorContext:
+    ctx: OperatorContext = memo.ctx
+    return ctx
+
+
+async def _wait_for_trigger(
+    trigger: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float
+) -> None:
+    waiters = {
+        asyncio.create_task(trigger.wait()),
+        asyncio.ensure_future(stopped.wait()),
+    }
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _work(
+    reconcile: Callable[[], Awaitable[None]],
+    trigger: asyncio.Event,
+    stopped: kopf.DaemonStopped,
+    period: float,
+    ctx: OperatorContext,
+    kind: str,
+    logger: kopf.Logger,
+) -> None:
+    """The worker loop of one object: reconcile, then sleep until triggered or `period` passes.
+
+    One worker per object serialises its reconciles; triggers arriving meanwhile coalesce
+    into one more pass.
+    """
+    while not stopped:
+        trigger.clear()
+        wait = period
+        try:
+            await reconcile()
+        except Exception as error:
+            ctx.metrics.reconciles.labels(kind, "error").inc()
+            ctx.metrics.errors.labels(kind, "reconcile").inc()
+            logger.warning("reconcile failed, retrying: %s", api_error_message(error))
+            wait = min(period, ERROR_BACKOFF_SECONDS)
+        await _wait_for_trigger(trigger, stopped, wait)
+
+
+def build_registry(
+    webhook: kopf.WebhookServer | None = None, webhook_path: str = "/inject-sidecar"
+) -> kopf.OperatorRegistry:
+    """All handlers, in an explicit registry (no module-level state)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="modelflock.io"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="modelflock.io", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 30
+        if webhook is not None:
+            settings.admission.server = webhook
+            settings.admission.managed = None  # the chart (or the test) owns the configuration
+        ctx = _context(memo)
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube")
+        )
+        ctx.http = aiohttp.ClientSession()
+        memo.runners = await start_servers(ctx)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: Any, **_: Any) -> None:
+        ctx = _context(memo)
+        for runner in getattr(memo, "runners", []):
+            await runner.cleanup()
+        if ctx.http is not None:
+            await ctx.http.close()
+
+    @kopf.daemon(GROUP, VERSION, "modelexperts", registry=registry, cancellation_timeout=10.0)
+    async def expert_worker(
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        logger: kopf.Logger,
+        **_: Any,
+    ) -> None:
+        ctx = _context(memo)
+        key = (str(namespace), name)
+        state = ctx.expert_state(key)
+        period = min(ctx.config.resync_seconds, ctx.config.autoscaler.interval_seconds)
+        try:
+            await _work(
+                lambda: reconcile_expert(ctx, key, body, logger),
+                state.trigger,
+                stopped,
+                period,
+                ctx,
+                "ModelExpert",
+                logger,
+            )
+        finally:
+            ctx.experts.pop(key, None)
+            ctx.metrics.forget_expert(str(namespace), name)
+
+    @kopf.daemon(GROUP, VERSION, "routingpolicies", registry=registry, cancellation_timeout=10.0)
+    async def policy_worker(
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        logger: kopf.Logger,
+        **_: Any,
+    ) -> None:
+        ctx = _context(memo)
+        key = (str(namespace), name)
+        trigger = ctx.policy_triggers.setdefault(key, asyncio.Event())
+        try:
+            await _work(
+                lambda: reconcile_policy(ctx, key, body, logger),
+                trigger,
+                stopped,
+                ctx.config.resync_seconds,
+                ctx,
+                "RoutingPolicy",
+                logger,
+            )
+        finally:
+            ctx.policy_triggers.pop(key, None)
+            ctx.policy_access.pop(key, None)
+
+    @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
+    def policy_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+        _context(memo).trigger_policy((str(namespace), name))
+
+    @kopf.on.event(GROUP, VERSION, "modelexperts", registry=registry)
+    def expert_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+        ctx = _context(memo)
+        ctx.trigger_expert((str(namespace), name))
+        ctx.trigger_policies_in(str(namespace))
+
+    def child_changed(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
+        _context(memo).trigger_expert((str(namespace), labels[EXPERT_LABEL]))
+
+    for group, version, plural in (
+        ("apps", "v1", "deployments"),
+        ("", "v1", "services"),
+        ("", "v1", "pods"),
+    ):
+        kopf.on.event(
+            group,
+            version,
+            plural,
+            registry=registry,
+            labels={EXPERT_LABEL: kopf.PRESENT},
+            id=f"child-{plural}",
+        )(child_changed)
+
+    return registry

@@ -1,0 +1,184 @@
+"""Reconciling one RoutingPolicy: router token, rendered router config, gateway, status."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelflock.api.common import GROUP, VERSION
+from modelflock.api.modelexpert import ModelExpert
+from modelflock.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
+from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+from modelflock.render.policy import (
+    CONFIG_KEY,
+    RouterSettings,
+    compute_policy_status,
+    config_hash,
+    config_map_name,
+    referenced_secrets,
+    render_config_text,
+    render_router_config,
+    token_secret_name,
+)
+from modelflock.render.router_pod import gateway_name, render_gateway
+
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "RoutingPolicy"
+
+
+def owner_reference(policy: RoutingPolicy) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": policy.metadata.name,
+        "uid": str(policy.metadata.uid),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _labels(policy: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/part-of": "modelflock",
+        "app.kubernetes.io/managed-by": "modelflock",
+        "modelflock.io/routing-policy-owner": policy,
+    }
+
+
+async def ensure_token(ctx: OperatorContext, policy: RoutingPolicy) -> str:
+    """The policy's router token: created once (random), then read back; never logged."""
+    namespace = str(policy.metadata.namespace)
+    name = token_secret_name(policy.metadata.name)
+    secret = await ctx.kube.get("v1", "Secret", name, namespace)
+    encoded = (secret or {}).get("data", {}).get("token") if secret else None
+    if encoded:
+        return base64.b64decode(encoded).decode()
+    token = secrets.token_urlsafe(32)
+    await ctx.kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": _labels(policy.metadata.name),
+                "ownerReferences": [owner_reference(policy)],
+            },
+            "type": "Opaque",
+            "data": {"token": base64.b64encode(token.encode()).decode()},
+        }
+    )
+    return token
+
+
+async def load_experts(
+    ctx: OperatorContext, namespace: str, names: list[str]
+) -> dict[str, ModelExpert | None]:
+    found: dict[str, ModelExpert | None] = {}
+    for name in names:
+        raw = await ctx.kube.get(API_VERSION, "ModelExpert", name, namespace)
+        if raw is None:
+            found[name] = None
+            continue
+        try:
+            found[name] = ModelExpert.model_validate(
+                {
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": raw.get("spec") or {},
+                    "status": raw.get("status") or None,
+                }
+            )
+        except ValidationError:
+            found[name] = None
+    return found
+
+
+async def reconcile_policy(
+    ctx: OperatorContext, key: ObjectKey, body: kopf.Body, logger: kopf.Logger
+) -> None:
+    started = time.monotonic()
+    try:
+        policy = RoutingPolicy.model_validate(
+            {
+                "metadata": {
+                    k: v
+                    for k, v in body["metadata"].items()
+                    if k in {"name", "namespace", "uid", "generation"}
+                },
+                "spec": body.get("spec") or {},
+                "status": body.get("status") or None,
+            }
+        )
+    except ValidationError as error:
+        ctx.metrics.reconciles.labels(KIND, "invalid").inc()
+        kopf.warn(body, reason="InvalidSpec", message=str(error)[:1024])
+        return
+    namespace, name = key
+    token = await ensure_token(ctx, policy)
+    ctx.policy_access[key] = PolicyAccess(token=token, experts=frozenset(policy.spec.experts))
+
+    experts = await load_experts(ctx, namespace, list(policy.spec.experts))
+    settings = RouterSettings(
+        operator_url=ctx.config.operator_url, domain=ctx.config.service_domain
+    )
+    text = render_config_text(render_router_config(policy, experts, settings))
+    digest = config_hash(text)
+    await ctx.kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": config_map_name(name),
+                "namespace": namespace,
+                "labels": _labels(name),
+                "annotations": {"modelflock.io/config-hash": digest},
+                "ownerReferences": [owner_reference(policy)],
+            },
+            "data": {CONFIG_KEY: text},
+        }
+    )
+    key_files = referenced_secrets(experts)
+    if policy.spec.gateway.replicas > 0:
+        for manifest in render_gateway(
+            name,
+            namespace,
+            owner_reference(policy),
+            policy.spec,
+            ctx.config.images.router,
+            key_files,
+        ):
+            await ctx.kube.apply(manifest)
+    else:
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
+            existing = await ctx.kube.get(api_version, kind, gateway_name(name), namespace)
+            owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
+            if existing and any(o.get("uid") == str(policy.metadata.uid) for o in owners):
+                await ctx.kube.delete(api_version, kind, gateway_name(name), namespace)
+
+    previous = policy.status or RoutingPolicyStatus()
+    status = compute_policy_status(
+        policy, experts, config_map_name(name), digest, previous, datetime.now(UTC)
+    )
+    _post_events(body, previous, status)
+    if status.to_api() != previous.to_api():
+        await ctx.kube.patch_status(API_VERSION, KIND, name, namespace, status.to_api())
+    ctx.metrics.reconciles.labels(KIND, "ok").inc()
+    ctx.metrics.reconcile_seconds.labels(KIND).observe(time.monotonic() - started)
+
+
+def _post_events(body: kopf.Body, before: RoutingPolicyStatus, after: RoutingPolicyStatus) -> None:
+    old = {c.type: (c.status, c.reason) for c in before.conditions}
+    for condition in after.conditions:
+        if old.get(condition.type) != (condition.status, condition.reason):
+            kopf.event(
+                body,
+                type="Normal" if condition.status == "True" else "Warning",
+                reason=condition.reason,
+                message=f"{condition.type}={condition.status}: {condition.message}"[:1024],
+            )

@@ -1,0 +1,1 @@
+"""Pure functions from API objects to the Kubernetes objects and configs they become."""

@@ -1,0 +1,211 @@
+"""RoutingPolicy (+ the live state of its experts) → the router's config file, and the policy's
+status. Pure and stable: the same inputs give byte-identical YAML, so nothing restarts
+needlessly. API keys appear only as paths of mounted Secret files, never as values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from modelflock.api.conditions import set_condition
+from modelflock.api.modelexpert import ModelExpert
+from modelflock.api.routingpolicy import ExpertReadiness, RoutingPolicy, RoutingPolicyStatus
+from modelflock.render.checks import parameter_count
+from modelflock.render.expert import ExpertRef, service_endpoint
+
+CONFIG_KEY = "router.yaml"
+SECRETS_DIR = "/etc/modelflock/secrets"
+TOKEN_PATH = "/etc/modelflock/token/token"
+CONFIG_DIR = "/etc/modelflock/router"
+
+
+def config_map_name(policy: str) -> str:
+    return f"{policy}-router-config"
+
+
+def token_secret_name(policy: str) -> str:
+    return f"{policy}-router-token"
+
+
+def secret_file(secret: str, key: str) -> str:
+    """Where the sidecar/gateway mounts a referenced Secret key."""
+    return f"{SECRETS_DIR}/{secret}/{key}"
+
+
+def cold_start_seconds(expert: ModelExpert) -> float:
+    """Rough load time from the size hint: weights stream at ~1 GiB/s plus engine start-up."""
+    if expert.spec.model is None or expert.spec.model.parameters is None:
+        return 60.0
+    billions = parameter_count(expert.spec.model.parameters) / 1e9
+    return float(round(30 + billions * 4))
+
+
+def expert_entry(
+    name: str, expert: ModelExpert | None, namespace: str, domain: str
+) -> dict[str, Any]:
+    if expert is None:
+        # Named but not created yet: point at the Service it will get; the router treats it as
+        # failing until then, and the policy's ResolvedRefs condition says so.
+        ref = ExpertRef(name=name, namespace=namespace, uid="")
+        return {
+            "name": name,
+            "engine": "vllm",
+            "urls": [service_endpoint(ref, domain)],
+            "model": name,
+        }
+    spec = expert.spec
+    entry: dict[str, Any] = {"name": name, "engine": spec.engine, "tier": spec.tier}
+    if spec.engine == "external":
+        assert spec.external is not None
+        entry["urls"] = [spec.external.base_url]
+        entry["model"] = spec.external.model
+        key_ref = spec.external.api_key_secret_ref
+        if key_ref is not None:
+            entry["apiKeyFile"] = secret_file(key_ref.name, key_ref.key)
+    else:
+        entry["urls"] = [service_endpoint(ExpertRef(name, namespace, ""), domain)]
+        entry["model"] = spec.served_model_name(name)
+        entry["coldStartSeconds"] = cold_start_seconds(expert)
+    if spec.capabilities:
+        entry["capabilities"] = sorted(spec.capabilities)
+    if spec.cost is not None:
+        entry["prices"] = {
+            "inputPerMillion": spec.cost.input_per_million,
+            "outputPerMillion": spec.cost.output_per_million,
+        }
+    return entry
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Operator-level facts the router config needs."""
+
+    operator_url: str | None
+    domain: str = "svc.cluster.local"
+
+
+def render_router_config(
+    policy: RoutingPolicy, experts: Mapping[str, ModelExpert | None], settings: RouterSettings
+) -> dict[str, Any]:
+    spec = policy.spec
+    namespace = str(policy.metadata.namespace)
+    name = policy.metadata.name
+    classifier = spec.classifier.to_api()
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": spec.sidecar.port},
+        "models": ["auto", name],
+        "experts": [
+            expert_entry(e, experts.get(e), namespace, settings.domain) for e in spec.experts
+        ],
+        "classifier": classifier,
+        "routes": [route.to_api() for route in spec.routes],
+        "defaults": spec.defaults.to_api(),
+    }
+    if spec.baseline:
+        config["baseline"] = spec.baseline
+    if settings.operator_url:
+        config["discovery"] = {
+            "url": settings.operator_url,
+            "tokenFile": TOKEN_PATH,
+            "namespace": namespace,
+            "policy": name,
+        }
+    return config
+
+
+def render_config_text(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=True, width=100, allow_unicode=True)
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def referenced_secrets(experts: Mapping[str, ModelExpert | None]) -> list[tuple[str, str]]:
+    """(secret, key) pairs the router must have mounted, sorted, unique."""
+    found = set()
+    for expert in experts.values():
+        if expert is not None and expert.spec.external is not None:
+            ref = expert.spec.external.api_key_secret_ref
+            if ref is not None:
+                found.add((ref.name, ref.key))
+    return sorted(found)
+
+
+def _expert_ready(expert: ModelExpert | None) -> bool:
+    if expert is None or expert.status is None:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in expert.status.conditions)
+
+
+def _ready_replicas(expert: ModelExpert | None) -> int:
+    if expert is None or expert.status is None:
+        return 0
+    return expert.status.ready_replicas or 0
+
+
+def compute_policy_status(
+    policy: RoutingPolicy,
+    experts: Mapping[str, ModelExpert | None],
+    config_name: str,
+    digest: str,
+    previous: RoutingPolicyStatus | None,
+    now: datetime,
+) -> RoutingPolicyStatus:
+    spec = policy.spec
+    generation = int(policy.metadata.generation or 0)
+    readiness = [
+        ExpertReadiness(
+            name=name,
+            found=experts.get(name) is not None,
+            ready=_expert_ready(experts.get(name)),
+            ready_replicas=_ready_replicas(experts.get(name)),
+        )
+        for name in spec.experts
+    ]
+    missing = [r.name for r in readiness if not r.found]
+    ready_names = {r.name for r in readiness if r.ready}
+    conditions = list(previous.conditions if previous else [])
+    conditions = set_condition(
+        conditions,
+        type="ResolvedRefs",
+        status="False" if missing else "True",
+        reason="ExpertNotFound" if missing else "AllExpertsFound",
+        message=f"missing ModelExperts: {', '.join(missing)}" if missing else "",
+        observed_generation=generation,
+        now=now,
+    )
+    unserved = [
+        route.name
+        for route in spec.routes
+        if not ready_names.intersection(
+            (route.cascade.experts if route.cascade else [route.expert or ""]) + route.fallbacks
+        )
+    ]
+    conditions = set_condition(
+        conditions,
+        type="Ready",
+        status="False" if unserved else "True",
+        reason="RouteWithoutReadyExpert" if unserved else "ConfigRendered",
+        message=(
+            f"no ready expert for routes: {', '.join(unserved)}"
+            if unserved
+            else f"router config {config_name} rendered; every route has a ready expert"
+        ),
+        observed_generation=generation,
+        now=now,
+    )
+    return RoutingPolicyStatus(
+        observed_generation=generation,
+        conditions=conditions,
+        experts=readiness,
+        experts_ready=f"{len(ready_names)}/{len(spec.experts)}",
+        config_map_name=config_name,
+        config_hash=digest,
+    )

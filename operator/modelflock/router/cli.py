@@ -1,0 +1,70 @@
+"""`modelflock router --config FILE`: the routing sidecar / gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelflock.router.app import RouterServer
+from modelflock.router.config import load_config
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("router", help="run the OpenAI-compatible routing sidecar/gateway",
+                              description=__doc__)
+    p.add_argument("--config", type=Path, required=True, help="router config (YAML or JSON)")
+    p.add_argument("--host", help="override listen.host")
+    p.add_argument("--port", type=int, help="override listen.port (0: a free port)")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked (or installed, with `auto`): ~20% more throughput on the hot path."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def _serve(config_path: Path, host: str, port: int) -> None:
+    server = RouterServer(config_path)
+    await server.start(host, port)
+    print(f"router listening on {server.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except (OSError, ValueError) as exc:
+        print(f"router: cannot load {args.config}: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.listen.host
+    port = config.listen.port if args.port is None else args.port
+    kwargs: dict[str, Any] = {"loop_factory": loop_factory(args.loop)}
+    with asyncio.Runner(**kwargs) as runner:
+        runner.run(_serve(args.config, host, port))
+    return 0

@@ -1,0 +1,332 @@
+"""Dispatching one request: cold/overload checks, attempts, cascade escalation, fallback.
+
+Fallback happens only before the first byte reaches the client; once a stream is committed
+it runs to its end (or the client's disconnect, which closes the upstream request too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from modelflock.router.accounting import RouterMetrics
+from modelflock.router.balance import expert_health
+from modelflock.router.checks import CompiledChecks, failed_check
+from modelflock.router.errors import error_response
+from modelflock.router.request import ParsedRequest
+from modelflock.router.sse import SseScanner
+from modelflock.router.state import RouterState
+from modelflock.router.upstream import (
+    ExpertRuntime,
+    Upstream,
+    UpstreamFailure,
+    api_url,
+    is_failing_status,
+)
+
+_BROKEN_EVENT = b'data: {"error": {"message": "the expert failed mid-stream", "type": ' \
+    b'"server_error", "param": null, "code": "upstream_broken"}}\n\n'
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class Job:
+    """One request on its way through the router."""
+
+    request: web.Request
+    parsed: ParsedRequest
+    state: RouterState
+    path: str  # e.g. "/chat/completions"
+    route: str
+    intent: str
+    classifier: str
+    sequence: list[str]  # experts in trying order: cascade (or expert), then fallbacks
+    cascade_len: int
+    checks: CompiledChecks | None  # set only for non-streaming cascades
+    started: float  # loop time
+    attempts: int = 0
+    escalations: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def headers(self, expert: str) -> dict[str, str]:
+        return {
+            "x-modelflock-expert": expert,
+            "x-modelflock-route": self.route,
+            "x-modelflock-intent": self.intent,
+            "x-modelflock-classifier": self.classifier,
+            "x-modelflock-attempts": str(self.attempts),
+            "x-modelflock-escalations": str(self.escalations),
+        }
+
+    @property
+    def adds_logprobs(self) -> bool:
+        """lowConfidence needs logprobs; ask for them even if the client did not."""
+        return (self.checks is not None and "lowConfidence" in self.checks.checks
+                and not self.parsed.wants_logprobs)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str
+    payload: object  # parsed JSON, or None
+
+
+def build_payload(job: Job, expert: ExpertRuntime) -> bytes:
+    body = dict(job.parsed.body)
+    body["model"] = expert.config.model  # the router rewrites the model to the expert's
+    if job.parsed.stream and not job.parsed.wants_usage:
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                  "include_usage": True}
+    if job.adds_logprobs:
+        body["logprobs"] = True if job.parsed.kind == "chat" else 1
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _usage(payload: object) -> tuple[int, int]:
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else 0,
+            completion if isinstance(completion, int) else 0)
+
+
+def _without_logprobs(payload: dict[str, Any]) -> bytes:
+    for choice in payload.get("choices") or []:
+        if isinstance(choice, dict):
+            choice["logprobs"] = None
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class Dispatcher:
+    def __init__(self, upstream: Upstream, metrics: RouterMetrics) -> None:
+        self.upstream = upstream
+        self.metrics = metrics
+
+    def _skip(self, job: Job, expert: str, reason: str, detail: str) -> None:
+        job.reasons.append(f"{expert}: {detail}")
+        self.metrics.fallbacks.labels(job.route, expert, reason).inc()
+
+    def charge(self, job: Job, expert: str, tokens: tuple[int, int], baseline: bool) -> None:
+        """Tokens and cost of one answer; the baseline counterfactual only for the final one."""
+        prompt, completion = tokens
+        if not (prompt or completion) or expert not in job.state.experts:
+            return
+        m, route = self.metrics, job.route
+        m.tokens.labels(route, expert, "input").inc(prompt)
+        m.tokens.labels(route, expert, "output").inc(completion)
+        prices = job.state.experts[expert].config.prices
+        m.cost.labels(route, expert).inc(float(prices.cost(prompt, completion)))
+        if baseline:
+            base = job.state.baseline or prices
+            m.baseline_cost.labels(route, expert).inc(float(base.cost(prompt, completion)))
+
+    def account(self, job: Job, expert: str, code: int, tokens: tuple[int, int]) -> None:
+        m, route = self.metrics, job.route
+        m.requests.labels(route, expert, job.intent, str(code)).inc()
+        m.latency.labels(route, expert).observe(asyncio.get_running_loop().time() - job.started)
+        if code >= 400:
+            m.errors.labels(route, expert, f"http_{code}").inc()
+        self.charge(job, expert, tokens, baseline=True)
+
+    async def run(self, job: Job) -> web.StreamResponse:
+        defaults = job.state.config.defaults
+        loop = asyncio.get_running_loop()
+        deadline = job.started + defaults.request_timeout_seconds
+        discovery = self.upstream.discovery
+        rejected: tuple[str, Answer] | None = None
+        seq, i = job.sequence, 0
+        while i < len(seq):
+            name, has_next = seq[i], i + 1 < len(seq)
+            expert = job.state.experts[name]
+            live = discovery.live(name) if discovery else None
+            health = expert_health(live, defaults.overload_queue_depth)
+            if health == "cold" and discovery is not None:
+                cold_start = expert.config.cold_start_seconds
+                if live is not None and live.cold_start_seconds is not None:
+                    cold_start = live.cold_start_seconds
+                budget = max(0.0, min(defaults.cold_start_wait_seconds, deadline - loop.time()))
+                if has_next and cold_start > budget:
+                    self._skip(job, name, "cold", "cold (no ready replica)")
+                    discovery.note_fallback(name)
+                    i += 1
+                    continue
+                gauge = self.metrics.waiting.labels(name)
+                gauge.inc()
+                try:
+                    why = await discovery.wait_until_warm(name, budget,
+                                                          defaults.max_waiting_requests)
+                finally:
+                    gauge.dec()
+                if why is not None:
+                    self._skip(job, name, "cold", f"cold, {why}")
+                    i += 1
+                    continue
+            elif health == "overloaded" and has_next:
+                self._skip(job, name, "overloaded", "overloaded (queue above threshold)")
+                i += 1
+                continue
+            if job.attempts >= defaults.max_attempts:
+                job.reasons.append(f"attempt limit {defaults.max_attempts} reached")
+                break
+            job.attempts += 1
+            try:
+                if job.parsed.stream:
+                    return await self._stream(job, expert, deadline)
+                answer = await self._once(job, expert, deadline)
+            except UpstreamFailure as failure:
+                self.metrics.attempts.labels(name, failure.kind).inc()
+                self._skip(job, name, failure.kind, failure.detail)
+                i += 1
+                continue
+            self.metrics.attempts.labels(name, "ok").inc()
+            if answer.status == 200 and job.checks is not None and i < job.cascade_len - 1:
+                check = failed_check(answer.payload, job.checks, job.parsed.wants_json)
+                if check is not None:
+                    job.escalations += 1
+                    self.metrics.escalations.labels(job.route, name, seq[i + 1], check).inc()
+                    job.reasons.append(f"{name}: escalated ({check})")
+                    if rejected is not None:  # superseded: its tokens were still paid for
+                        self.charge(job, rejected[0], _usage(rejected[1].payload), False)
+                    rejected = (name, answer)
+                    i += 1
+                    continue
+            if rejected is not None:
+                self.charge(job, rejected[0], _usage(rejected[1].payload), False)
+            return self._respond(job, name, answer)
+        if rejected is not None:  # every bigger expert failed: the small answer is all we have
+            return self._respond(job, *rejected)
+        self.account(job, "none", 503, (0, 0))
+        message = "no expert could serve the request: " + "; ".join(job.reasons or ["none"])
+        return error_response(503, message, code="all_experts_failed",
+                              headers=job.headers("none"))
+
+    def _respond(self, job: Job, expert: str, answer: Answer) -> web.Response:
+        body = answer.body
+        if job.adds_logprobs and isinstance(answer.payload, dict):
+            body = _without_logprobs(answer.payload)
+        self.metrics.ttfb.labels(job.route, expert).observe(
+            asyncio.get_running_loop().time() - job.started)
+        self.account(job, expert, answer.status, _usage(answer.payload))
+        response = web.Response(status=answer.status, body=body, headers=job.headers(expert))
+        response.content_type = answer.content_type or "application/json"
+        return response
+
+    async def _once(self, job: Job, expert: ExpertRuntime, deadline: float) -> Answer:
+        base = self.upstream.endpoint(expert)
+        self.upstream.outstanding.acquire(base)
+        loop = asyncio.get_running_loop()
+        # For a non-streaming answer the first byte is the whole answer.
+        first_byte_by = min(deadline,
+                            loop.time() + job.state.config.defaults.first_byte_timeout_seconds)
+        try:
+            async with asyncio.timeout_at(first_byte_by):
+                async with self.upstream.session.post(
+                        api_url(base, job.path), data=build_payload(job, expert),
+                        headers=expert.headers) as resp:
+                    body = await resp.read()
+                    status, content_type = resp.status, resp.content_type
+        except TimeoutError:
+            raise UpstreamFailure("timeout", "no answer within the request budget") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailure("connect", str(exc) or type(exc).__name__) from None
+        finally:
+            self.upstream.outstanding.release(base)
+        if is_failing_status(status):
+            raise UpstreamFailure("status", f"HTTP {status}")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            if status == 200:
+                raise UpstreamFailure("protocol", "answer is not JSON") from None
+            payload = None
+        return Answer(status, body, content_type, payload)
+
+    async def _stream(self, job: Job, expert: ExpertRuntime, deadline: float
+                      ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        defaults = job.state.config.defaults
+        base = self.upstream.endpoint(expert)
+        self.upstream.outstanding.acquire(base)
+        resp: aiohttp.ClientResponse | None = None
+        finished = False
+        try:
+            first_byte_by = min(deadline, loop.time() + defaults.first_byte_timeout_seconds)
+            try:
+                async with asyncio.timeout_at(first_byte_by):
+                    resp = await self.upstream.session.post(
+                        api_url(base, job.path), data=build_payload(job, expert),
+                        headers=expert.headers)
+                    if is_failing_status(resp.status):
+                        raise UpstreamFailure("status", f"HTTP {resp.status}")
+                    if resp.status != 200:  # the client's own mistake: pass it on
+                        answer = Answer(resp.status, await resp.read(), resp.content_type, None)
+                        finished = True
+                        return self._respond(job, expert.name, answer)
+                    first = await resp.content.readany()
+            except TimeoutError:
+                raise UpstreamFailure("timeout", "no first byte in time") from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise UpstreamFailure("connect", str(exc) or type(exc).__name__) from None
+            if not first:
+                raise UpstreamFailure("protocol", "empty stream")
+            self.metrics.attempts.labels(expert.name, "ok").inc()
+            # Committed: from here on, no fallback.
+            out = web.StreamResponse(headers={**_SSE_HEADERS, **job.headers(expert.name)})
+            await out.prepare(job.request)
+            self.metrics.ttfb.labels(job.route, expert.name).observe(loop.time() - job.started)
+            finished = await self._relay(job, expert.name, resp, first, out, deadline)
+            return out
+        finally:
+            if resp is not None:
+                if finished:
+                    resp.release()
+                else:
+                    resp.close()  # closes the connection: the engine aborts the request
+            self.upstream.outstanding.release(base)
+
+    async def _relay(self, job: Job, expert: str, resp: aiohttp.ClientResponse, first: bytes,
+                     out: web.StreamResponse, deadline: float) -> bool:
+        """Copy the stream chunk by chunk; True when it ended normally."""
+        scanner = SseScanner(strip_usage=not job.parsed.wants_usage)
+        kind = "ok"
+        try:
+            data = scanner.feed(first)
+            if data:
+                await out.write(data)
+            async with asyncio.timeout_at(deadline):
+                async for chunk in resp.content.iter_any():
+                    data = scanner.feed(chunk)
+                    if data:
+                        await out.write(data)
+            tail = scanner.flush()
+            if tail:
+                await out.write(tail)
+            await out.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            kind = "client_disconnected"
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            # Bytes were already sent, so no fallback: tell the client in-band (the OpenAI
+            # SDKs raise on an `error` event) and end the stream.
+            kind = "upstream_broken"
+            with contextlib.suppress(ConnectionResetError):
+                await out.write(_BROKEN_EVENT)
+                await out.write_eof()
+        finally:
+            tokens = (scanner.usage or {}).get("prompt_tokens", 0), (
+                (scanner.usage or {}).get("completion_tokens", scanner.content_events))
+            self.account(job, expert, 200, tokens)
+            if kind != "ok":
+                self.metrics.errors.labels(job.route, expert, kind).inc()
+        return kind == "ok"

@@ -1,0 +1,193 @@
+"""The router's compiled configuration, swapped atomically on reload.
+
+A request takes `holder.current` once and keeps that object to its end, so a reload never
+changes the rules under an in-flight request; new requests see the new state at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from modelflock.router.checks import CompiledChecks, compile_checks
+from modelflock.router.classify.chain import ClassifierChain, RulesStage, Stage
+from modelflock.router.classify.embedding import EmbeddingStage
+from modelflock.router.classify.llm import LlmStage
+from modelflock.router.classify.rules import compile_rules
+from modelflock.router.config import Prices, RouterConfig, load_config
+from modelflock.router.upstream import ExpertRuntime, Upstream, upstream_headers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterState:
+    config: RouterConfig
+    experts: dict[str, ExpertRuntime]
+    chain: ClassifierChain
+    checks: dict[str, CompiledChecks]  # by route name, for cascades
+    routed_models: frozenset[str]  # model names that mean "classify and route"
+    embedding_expert: str | None
+    baseline: Prices | None
+    fingerprint: str
+
+
+def watched_files(config_path: Path, config: RouterConfig | None) -> list[Path]:
+    files = [config_path]
+    if config is not None:
+        files += [e.api_key_file for e in config.experts if e.api_key_file]
+        if config.discovery:
+            files.append(config.discovery.token_file)
+    return files
+
+
+def fingerprint(files: list[Path]) -> str:
+    """Content hash of the config and the secret files it names (rotation triggers reload)."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode())
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def read_keys(config: RouterConfig) -> dict[str, str]:
+    """API keys of external experts from their mounted Secret files (blocking: use a thread)."""
+    return {e.name: e.api_key_file.read_text().strip() for e in config.experts
+            if e.api_key_file}
+
+
+def load_files(path: Path) -> tuple[RouterConfig, dict[str, str], str]:
+    """Everything read from disk for one state (blocking: run it in a thread)."""
+    config = load_config(path)
+    return config, read_keys(config), fingerprint(watched_files(path, config))
+
+
+def _experts(config: RouterConfig, keys: dict[str, str]) -> dict[str, ExpertRuntime]:
+    return {e.name: ExpertRuntime(config=e, headers=upstream_headers(keys.get(e.name)))
+            for e in config.experts}
+
+
+def _chain(config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Upstream
+           ) -> ClassifierChain:
+    intents = config.classifier.intents
+    stages: list[Stage] = []
+    for stage in config.classifier.stages:
+        timeout = stage.timeout_milliseconds / 1000
+        if stage.type == "rules":
+            stages.append(RulesStage(compile_rules(intents)))
+        elif stage.type == "embedding":
+            expert = experts[str(stage.expert)]
+
+            async def embed(texts: list[str], expert: ExpertRuntime = expert
+                            ) -> list[list[float]]:
+                body = await upstream.call_json(expert, "/embeddings", {
+                    "model": expert.config.model, "input": texts,
+                    "encoding_format": "float"})
+                data = sorted(body["data"], key=lambda d: d["index"])
+                return [list(map(float, d["embedding"])) for d in data]
+
+            examples = [(i.name, text) for i in intents for text in i.examples]
+            stages.append(EmbeddingStage(examples, embed, float(stage.min_confidence), timeout))
+        else:
+            expert = experts[str(stage.expert)]
+
+            async def ask(messages: list[dict[str, Any]], labels: list[str],
+                          expert: ExpertRuntime = expert) -> str:
+                payload: dict[str, Any] = {"model": expert.config.model, "messages": messages,
+                                           "max_tokens": 8, "temperature": 0}
+                if expert.config.engine == "vllm":
+                    # Constrained decoding: the engine can only answer one of the labels.
+                    payload["structured_outputs"] = {"choice": labels}
+                body = await upstream.call_json(expert, "/chat/completions", payload)
+                return str(body["choices"][0]["message"]["content"] or "")
+
+            labels = [i.name for i in intents]
+            if config.classifier.default_intent not in labels:
+                labels.append(config.classifier.default_intent)
+            stages.append(LlmStage(intents, labels, ask, timeout))
+    return ClassifierChain(stages, config.classifier.default_intent)
+
+
+def build_state(config: RouterConfig, keys: dict[str, str], upstream: Upstream,
+                fingerprint_: str) -> RouterState:
+    experts = _experts(config, keys)
+    routed = set(config.models)
+    for route in config.routes:
+        routed.update(route.match.models)
+    for intent in config.classifier.intents:
+        routed.update(intent.models)
+    embedders = [e.name for e in config.experts if "embed" in e.capabilities]
+    embedders += [str(s.expert) for s in config.classifier.stages if s.type == "embedding"]
+    return RouterState(
+        config=config,
+        experts=experts,
+        chain=_chain(config, experts, upstream),
+        checks={r.name: compile_checks(r.cascade) for r in config.routes if r.cascade},
+        routed_models=frozenset(routed),
+        embedding_expert=embedders[0] if embedders else None,
+        baseline=config.expert(config.baseline).prices if config.baseline else None,
+        fingerprint=fingerprint_,
+    )
+
+
+def warm_up(state: RouterState) -> list[asyncio.Task[Any]]:
+    """Compute the embedding stage's example vectors in the background, not on a request."""
+    loop = asyncio.get_running_loop()
+    return [loop.create_task(s.example_vectors()) for s in state.chain.stages
+            if isinstance(s, EmbeddingStage)]
+
+
+class StateHolder:
+    """Owns the current RouterState and reloads it when the watched files change."""
+
+    def __init__(self, path: Path, upstream: Upstream, on_reload: Callable[[str], None]) -> None:
+        self.path = path
+        self.upstream = upstream
+        self.on_reload = on_reload
+        config, keys, print_ = load_files(path)  # at startup, before the loop serves requests
+        self.current = build_state(config, keys, upstream, print_)
+        self._warming: list[asyncio.Task[Any]] = []
+
+    def start(self) -> None:
+        self._warming = warm_up(self.current)
+
+    async def reload_if_changed(self) -> bool:
+        """Build and swap in a new state when the files changed; keep the old one on error."""
+        files = watched_files(self.path, self.current.config)
+        new_print = await asyncio.to_thread(fingerprint, files)
+        if new_print == self.current.fingerprint:
+            return False
+        try:
+            config, keys, new_print = await asyncio.to_thread(load_files, self.path)
+            state = build_state(config, keys, self.upstream, new_print)
+        except (OSError, ValueError) as exc:
+            log.error("config reload failed, keeping the previous config: %s", exc)
+            self.on_reload("error")
+            # Remember the bad content so it is not retried every interval.
+            self.current = replace(self.current, fingerprint=new_print)
+            return False
+        self.current = state  # the atomic swap: one reference assignment
+        self._warming = warm_up(state)
+        self.on_reload("success")
+        log.info("config reloaded (%s)", new_print[:12])
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.current.config.reload_interval_seconds)
+            try:
+                await self.reload_if_changed()
+            except Exception:  # the watcher must survive anything
+                log.exception("config watch failed")
+
+    async def close(self) -> None:
+        for task in self._warming:
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)

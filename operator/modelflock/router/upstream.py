@@ -1,0 +1,90 @@
+"""Calling experts: endpoint choice, request building and failure classification."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from modelflock.router.balance import EndpointLive, Outstanding, choose_endpoint
+from modelflock.router.config import Expert
+from modelflock.router.discovery import DiscoveryClient
+
+# Upstream answers that mean "this expert is failing, try another" (not the client's fault).
+_FAILING = frozenset({401, 403, 408, 409, 429})
+
+
+class UpstreamFailure(Exception):
+    """An attempt failed before any byte reached the client: fall back is allowed."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind  # connect | status | timeout | protocol
+        self.detail = detail
+
+
+def is_failing_status(status: int) -> bool:
+    return status >= 500 or status in _FAILING
+
+
+@dataclass(frozen=True)
+class ExpertRuntime:
+    """An expert ready to call: config plus request headers (with the API key, never logged)."""
+
+    config: Expert
+    headers: Mapping[str, str] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def api_url(base: str, path: str) -> str:
+    """`path` like "/chat/completions" under the expert's base URL (with or without /v1)."""
+    base = base.rstrip("/")
+    return f"{base}{path}" if base.endswith("/v1") else f"{base}/v1{path}"
+
+
+def upstream_headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+class Upstream:
+    """Shared by all requests: one ClientSession (keep-alive pool) and in-flight counts."""
+
+    def __init__(self, session: aiohttp.ClientSession, discovery: DiscoveryClient | None) -> None:
+        self.session = session
+        self.discovery = discovery
+        self.outstanding = Outstanding()
+
+    def endpoint(self, expert: ExpertRuntime) -> str:
+        live = self.discovery.live(expert.name) if self.discovery else None
+        if live is not None and any(e.ready for e in live.endpoints):
+            return choose_endpoint(live.endpoints, self.outstanding)
+        return choose_endpoint([EndpointLive(u.rstrip("/")) for u in expert.config.urls],
+                               self.outstanding)
+
+    async def call_json(self, expert: ExpertRuntime, path: str, payload: dict[str, Any]
+                        ) -> dict[str, Any]:
+        """A small internal call (classifier stages); the caller bounds its time."""
+        base = self.endpoint(expert)
+        self.outstanding.acquire(base)
+        try:
+            async with self.session.post(api_url(base, path), data=json.dumps(payload),
+                                         headers=expert.headers) as resp:
+                if resp.status != 200:
+                    raise UpstreamFailure("status", f"HTTP {resp.status} from {expert.name}")
+                body = await resp.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure("connect", f"{expert.name}: {exc}") from None
+        finally:
+            self.outstanding.release(base)
+        if not isinstance(body, dict):
+            raise UpstreamFailure("protocol", f"{expert.name}: not a JSON object")
+        return body
