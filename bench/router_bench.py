@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -34,7 +35,7 @@ HOST = "127.0.0.1"
 BODY = {"model": "auto", "max_tokens": 16,
         "messages": [{"role": "user", "content": "write a python function to sort a list"}]}
 MASTER_KEY = "sk-bench-local"
-CONCURRENCY = (1, 4, 8, 16, 32, 64)
+CONCURRENCY = (1, 8, 16, 32, 64)
 DEFAULT_LITELLM = Path.home() / ".cache/modelflock-bench/litellm-venv/bin/litellm"
 
 
@@ -189,22 +190,49 @@ def write_wrk_script(path: Path, headers: dict[str, str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def measure(target: Target, duration: int, workdir: Path) -> None:
-    script = workdir / f"{target.name.split()[0]}.lua"
-    write_wrk_script(script, target.headers)
-    url = f"{target.url}/v1/chat/completions"
-    run_wrk(url, 8, 1, script)  # warm up connections and code paths
+def median_result(results: list[WrkResult]) -> WrkResult:
+    return WrkResult(
+        rps=statistics.median(r.rps for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        requests=sum(r.requests for r in results),
+        errors=sum(r.errors for r in results),
+    )
+
+
+def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) -> None:
+    """Interleave targets run by run (the machine is shared: its speed drifts), keep medians."""
+    scripts = {}
+    for t in targets:
+        scripts[t.name] = workdir / f"{t.name.split()[0]}.lua"
+        write_wrk_script(scripts[t.name], t.headers)
+        run_wrk(f"{t.url}/v1/chat/completions", 8, 1, scripts[t.name])  # warm up
+    cpu: dict[str, float] = dict.fromkeys(scripts, 0.0)
     for concurrency in CONCURRENCY:
-        before = cpu_seconds(target.pid) if target.pid else 0.0
-        result = run_wrk(url, concurrency, duration, script)
-        if target.pid and concurrency == 32:
-            used = sum(cpu_seconds(p) for p in tree_pids(target.pid)) - before
-            target.cpu_ms_per_request = used * 1000 / max(result.requests, 1)
-        target.rows[concurrency] = result
-        print(f"  {target.name:<18} c={concurrency:<3} {result.rps:8.0f} req/s  "
-              f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-              f"errors {result.errors}", file=sys.stderr, flush=True)
-    target.ttfc_ms = asyncio.run(stream_ttfc(url, target.headers, 200))
+        runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+        for _ in range(reps):
+            for t in targets:
+                pids = tree_pids(t.pid) if t.pid else []
+                before = sum(cpu_seconds(p) for p in pids)
+                result = run_wrk(f"{t.url}/v1/chat/completions", concurrency, duration,
+                                 scripts[t.name])
+                if pids and concurrency == 32:
+                    cpu[t.name] += sum(cpu_seconds(p) for p in pids) - before
+                runs[t.name].append(result)
+        for t in targets:
+            t.rows[concurrency] = median_result(runs[t.name])
+            r = t.rows[concurrency]
+            if concurrency == 32 and t.pid:
+                t.cpu_ms_per_request = cpu[t.name] * 1000 / max(r.requests, 1)
+            print(f"  {t.name:<18} c={concurrency:<3} {r.rps:8.0f} req/s  p50 {r.p50_ms:6.2f} ms"
+                  f"  p99 {r.p99_ms:6.2f} ms  errors {r.errors}", file=sys.stderr, flush=True)
+    ttfc: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(reps):
+        for t in targets:
+            ttfc[t.name].append(asyncio.run(stream_ttfc(
+                f"{t.url}/v1/chat/completions", t.headers, 100)))
+    for t in targets:
+        t.ttfc_ms = statistics.median(ttfc[t.name])
 
 
 def router_config(path: Path, fast: str, slow: str) -> None:
@@ -275,6 +303,7 @@ def main() -> int:
     parser.add_argument("--litellm", type=Path, default=DEFAULT_LITELLM)
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=3, help="interleaved runs per point")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("needs wrk and taskset", file=sys.stderr)
@@ -296,35 +325,35 @@ def main() -> int:
             router_cmd = [python, "-m", "modelflock", "router", "--config",
                           str(work / "router.json"), "--port", str(router_port),
                           "--loop", "uvloop", "--log-level", "WARNING"]
-            with process(router_cmd, 0, log=work / "router.log") as router:
+            env = {"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                   "LITELLM_TELEMETRY": "False"}
+            litellm_config(work / "litellm.json", fast, slow)
+            litellm_cmd = [str(args.litellm), "--config", str(work / "litellm.json"), "--host",
+                           HOST, "--port", str(litellm_port), "--num_workers", "1"]
+            with contextlib.ExitStack() as stack:
+                router = stack.enter_context(process(router_cmd, 0, log=work / "router.log"))
                 base = f"http://{HOST}:{router_port}"
                 wait_http(f"{base}/readyz")
                 targets.append(Target("ModelFlock router", base, pid=router.pid))
-                measure(targets[0], args.duration, work)
-                measure(targets[1], args.duration, work)
-                targets[1].streams_ok = asyncio.run(many_streams(
-                    f"{base}/v1/chat/completions", {}, args.streams, "slow"))
-                targets[1].rss_mib = peak_rss_mib(router.pid)
-            if not args.no_litellm:
-                litellm_config(work / "litellm.json", fast, slow)
-                env = {"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                       "LITELLM_TELEMETRY": "False"}
-                cmd = [str(args.litellm), "--config", str(work / "litellm.json"), "--host",
-                       HOST, "--port", str(litellm_port), "--num_workers", "1"]
-                with process(cmd, 0, env=env, log=work / "litellm.log") as litellm:
-                    base = f"http://{HOST}:{litellm_port}"
-                    wait_http(f"{base}/health/liveliness", 180)
-                    target = Target("LiteLLM proxy", base,
-                                    {"Authorization": f"Bearer {MASTER_KEY}"}, litellm.pid)
-                    targets.append(target)
-                    measure(target, args.duration, work)
-                    target.streams_ok = asyncio.run(many_streams(
-                        f"{base}/v1/chat/completions", target.headers, args.streams, "slow"))
-                    target.rss_mib = peak_rss_mib(litellm.pid)
+                if not args.no_litellm:
+                    litellm = stack.enter_context(
+                        process(litellm_cmd, 0, env=env, log=work / "litellm.log"))
+                    lbase = f"http://{HOST}:{litellm_port}"
+                    wait_http(f"{lbase}/health/liveliness", 180)
+                    targets.append(Target("LiteLLM proxy", lbase,
+                                          {"Authorization": f"Bearer {MASTER_KEY}"},
+                                          litellm.pid))
+                measure_all(targets, args.duration, args.reps, work)
+                for t in targets[1:]:
+                    assert t.pid is not None
+                    t.streams_ok = asyncio.run(many_streams(
+                        f"{t.url}/v1/chat/completions", t.headers, args.streams, "slow"))
+                    t.rss_mib = peak_rss_mib(t.pid)
     load = os.getloadavg()
     print(table(targets, targets[0]))
     print(f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} cores; wrk runs of {args.duration:g} s")
+          f"on {os.cpu_count()} cores; medians of {args.reps} interleaved wrk runs of "
+          f"{args.duration} s each")
     return 0
 
 

@@ -14,6 +14,8 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from localcluster import LocalCluster  # noqa: E402
 
+from support import OperatorProcess  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
@@ -31,3 +33,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the whole session (tests that restart it put it back)."""
+    process = OperatorProcess(cluster=cluster, workdir=tmp_path_factory.mktemp("operator"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

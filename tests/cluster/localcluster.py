@@ -179,9 +179,9 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / "pids.json").unlink()
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+    def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         assert self.bin_dir is not None
-        result = subprocess.run(
+        return subprocess.run(
             [str(self.bin_dir / "kubectl"), *args],
             input=input,
             capture_output=True,
@@ -189,6 +189,9 @@ class LocalCluster:
             env=self.env(),
             timeout=60,
         )
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        result = self.run_kubectl(*args, input=input)
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout if check else result.stdout + result.stderr

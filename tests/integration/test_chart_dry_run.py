@@ -125,9 +125,19 @@ def namespace(cluster: LocalCluster, name: str) -> None:
 
 
 def dry_run(cluster: LocalCluster, manifests: str) -> str:
-    """Server-side dry-run of every document; returns kubectl's report."""
-    out = cluster.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-", input=manifests)
-    return out
+    """Server-side dry-run of every document; returns kubectl's report. Server-side apply,
+    because the CRDs are too large for client-side apply's last-applied annotation."""
+    return cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--dry-run=server",
+        "-o",
+        "name",
+        "-f",
+        "-",
+        input=manifests,
+    )
 
 
 def objects(manifests: str) -> list[tuple[str, str]]:

@@ -29,15 +29,25 @@ class FlockApi:
         self.runner: web.AppRunner | None = None
         self.url = ""
 
-    def set_expert(self, name: str, urls: list[str], ready: bool = True,
-                   queue: list[int] | None = None, cold_start: float = 30.0) -> None:
+    def set_expert(
+        self,
+        name: str,
+        urls: list[str],
+        ready: bool = True,
+        queue: list[int] | None = None,
+        cold_start: float = 30.0,
+    ) -> None:
         queue = queue or [0] * len(urls)
         self.experts[name] = {
             "readyReplicas": len(urls) if ready else 0,
             "desiredReplicas": len(urls) if ready else 0,
             "coldStartSeconds": cold_start,
-            "endpoints": [{"url": u, "ready": ready, "queueDepth": q, "running": 0}
-                          for u, q in zip(urls, queue, strict=True)] if ready else [],
+            "endpoints": [
+                {"url": u, "ready": ready, "queueDepth": q, "running": 0}
+                for u, q in zip(urls, queue, strict=True)
+            ]
+            if ready
+            else [],
         }
 
     def _authorised(self, request: web.Request) -> bool:
@@ -82,8 +92,12 @@ class Flock:
         self.config_path = tmp_path / "router.yaml"
 
     async def sim(self, name: str, **settings: Any) -> SimServer:
-        defaults: dict[str, Any] = {"model": name, "prefill_seconds": 0.0,
-                                    "decode_seconds_per_token": 0.001, "output_tokens": 8}
+        defaults: dict[str, Any] = {
+            "model": name,
+            "prefill_seconds": 0.0,
+            "decode_seconds_per_token": 0.001,
+            "output_tokens": 8,
+        }
         server = SimServer(SimSettings(**{**defaults, **settings}))
         await server.start("127.0.0.1", 0)
         self.stack.push_async_callback(server.stop)
@@ -102,9 +116,15 @@ class Flock:
         return api
 
     def discovery(self, api: FlockApi, **extra: Any) -> dict[str, Any]:
-        return {"url": api.url, "tokenFile": str(self.tmp_path / "token"), "namespace": "ns",
-                "policy": "policy", "intervalSeconds": 0.2, "demandIntervalSeconds": 0.2,
-                **extra}
+        return {
+            "url": api.url,
+            "tokenFile": str(self.tmp_path / "token"),
+            "namespace": "ns",
+            "policy": "policy",
+            "intervalSeconds": 0.2,
+            "demandIntervalSeconds": 0.2,
+            **extra,
+        }
 
     def write(self, config: dict[str, Any]) -> Path:
         tmp = self.config_path.with_suffix(".tmp")
@@ -119,8 +139,9 @@ class Flock:
         return server
 
     def client(self, router: RouterServer, **kwargs: Any) -> openai.AsyncOpenAI:
-        c = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="not-checked",
-                               max_retries=0, **kwargs)
+        c = openai.AsyncOpenAI(
+            base_url=f"{router.url}/v1", api_key="not-checked", max_retries=0, **kwargs
+        )
         self.stack.push_async_callback(c.close)
         return c
 

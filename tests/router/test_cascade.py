@@ -14,11 +14,21 @@ from .conftest import Flock
 async def cascade(flock: Flock, small_mode: str, checks: list[str]) -> RouterServer:
     await flock.sim("small", behaviour={"mode": small_mode})
     await flock.sim("big")
-    router = await flock.router({
-        "experts": [flock.expert("small"), flock.expert("big")],
-        "routes": [{"name": "c", "cascade": {"experts": ["small", "big"], "checks": checks,
-                                             "minConfidence": "0.5"}}],
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("small"), flock.expert("big")],
+            "routes": [
+                {
+                    "name": "c",
+                    "cascade": {
+                        "experts": ["small", "big"],
+                        "checks": checks,
+                        "minConfidence": "0.5",
+                    },
+                }
+            ],
+        }
+    )
     return router
 
 
@@ -35,12 +45,14 @@ CHECKS = ["truncated", "empty", "refusal", "invalidJSON", "lowConfidence"]
         ("low_confidence", "lowConfidence", {}),
     ],
 )
-async def test_escalates_on_each_check(flock: Flock, mode: str, check: str,
-                                       extra: dict[str, Any]) -> None:
+async def test_escalates_on_each_check(
+    flock: Flock, mode: str, check: str, extra: dict[str, Any]
+) -> None:
     router = await cascade(flock, mode, CHECKS)
     client = flock.client(router)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "question"}], **extra)
+        model="auto", messages=[{"role": "user", "content": "question"}], **extra
+    )
     assert raw.headers["x-modelflock-expert"] == "big"
     assert raw.headers["x-modelflock-escalations"] == "1"
     assert raw.headers["x-modelflock-attempts"] == "2"
@@ -57,7 +69,8 @@ async def test_good_small_answer_is_kept(flock: Flock) -> None:
     router = await cascade(flock, "ok", CHECKS)
     client = flock.client(router)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "question"}], logprobs=True)
+        model="auto", messages=[{"role": "user", "content": "question"}], logprobs=True
+    )
     assert raw.headers["x-modelflock-expert"] == "small"
     assert raw.parse().choices[0].logprobs is not None  # asked for: passed through
     assert flock.sims["big"].stats.requests == 0
@@ -67,7 +80,8 @@ async def test_unconfigured_check_does_not_escalate(flock: Flock) -> None:
     router = await cascade(flock, "refuse", ["truncated"])
     client = flock.client(router)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "question"}])
+        model="auto", messages=[{"role": "user", "content": "question"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "small"
 
 
@@ -75,7 +89,8 @@ async def test_streaming_does_not_cascade(flock: Flock) -> None:
     router = await cascade(flock, "refuse", CHECKS)
     client = flock.client(router)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "question"}], stream=True)
+        model="auto", messages=[{"role": "user", "content": "question"}], stream=True
+    )
     assert raw.headers["x-modelflock-expert"] == "small"
     async for _ in raw.parse():
         pass
@@ -85,11 +100,14 @@ async def test_streaming_does_not_cascade(flock: Flock) -> None:
 async def test_last_cascade_failure_returns_the_small_answer(flock: Flock) -> None:
     await flock.sim("small", behaviour={"mode": "refuse"})
     await flock.sim("big", behaviour={"mode": "error"})
-    router = await flock.router({
-        "experts": [flock.expert("small"), flock.expert("big")],
-        "routes": [{"name": "c", "cascade": {"experts": ["small", "big"]}}],
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("small"), flock.expert("big")],
+            "routes": [{"name": "c", "cascade": {"experts": ["small", "big"]}}],
+        }
+    )
     raw = await flock.client(router).chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "question"}])
+        model="auto", messages=[{"role": "user", "content": "question"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "small"
     assert raw.parse().choices[0].message.content.startswith("I'm sorry")  # type: ignore[union-attr]

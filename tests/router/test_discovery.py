@@ -13,14 +13,17 @@ async def test_scale_from_zero_waits_then_succeeds(flock: Flock) -> None:
     api = await flock.flock_api()
     api.set_expert("big", [], ready=False)
     api.wake["big"] = sim.url  # demand brings a replica up
-    router = await flock.router({
-        "experts": [flock.expert("big", urls=["http://127.0.0.1:9"])],  # Service URL unused
-        "routes": [{"name": "r", "expert": "big"}],
-        "defaults": {"coldStartWaitSeconds": 10},
-        "discovery": flock.discovery(api),
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("big", urls=["http://127.0.0.1:9"])],  # Service URL unused
+            "routes": [{"name": "r", "expert": "big"}],
+            "defaults": {"coldStartWaitSeconds": 10},
+            "discovery": flock.discovery(api),
+        }
+    )
     raw = await flock.client(router).chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "big"
     assert raw.parse().choices[0].message.content
     assert api.demands and api.demands[0]["expert"] == "big"
@@ -31,35 +34,41 @@ async def test_cold_wait_is_bounded(flock: Flock) -> None:
     await flock.sim("big")
     api = await flock.flock_api()
     api.set_expert("big", [], ready=False)
-    router = await flock.router({
-        "experts": [flock.expert("big")],
-        "routes": [{"name": "r", "expert": "big"}],
-        "defaults": {"coldStartWaitSeconds": 0.5},
-        "discovery": flock.discovery(api),
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("big")],
+            "routes": [{"name": "r", "expert": "big"}],
+            "defaults": {"coldStartWaitSeconds": 0.5},
+            "discovery": flock.discovery(api),
+        }
+    )
     session = await flock.http()
-    async with session.post(f"{router.url}/v1/chat/completions", json={
-            "model": "auto", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+    async with session.post(
+        f"{router.url}/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    ) as resp:
         assert resp.status == 503
         assert "still cold" in (await resp.json())["error"]["message"]
     assert len(api.demands) >= 1
 
 
-async def test_cold_with_fallback_goes_to_the_fallback_and_wakes_the_expert(
-        flock: Flock) -> None:
+async def test_cold_with_fallback_goes_to_the_fallback_and_wakes_the_expert(flock: Flock) -> None:
     await flock.sim("big")
     small = await flock.sim("small")
     api = await flock.flock_api()
     api.set_expert("big", [], ready=False, cold_start=300)
     api.set_expert("small", [small.url])
-    router = await flock.router({
-        "experts": [flock.expert("big"), flock.expert("small")],
-        "routes": [{"name": "r", "expert": "big", "fallbacks": ["small"]}],
-        "defaults": {"coldStartWaitSeconds": 5},
-        "discovery": flock.discovery(api),
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("big"), flock.expert("small")],
+            "routes": [{"name": "r", "expert": "big", "fallbacks": ["small"]}],
+            "defaults": {"coldStartWaitSeconds": 5},
+            "discovery": flock.discovery(api),
+        }
+    )
     raw = await flock.client(router).chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "small"
     assert flock.sims["big"].stats.requests == 0
     for _ in range(20):
@@ -75,14 +84,17 @@ async def test_overloaded_expert_falls_back(flock: Flock) -> None:
     api = await flock.flock_api()
     api.set_expert("big", [big.url], queue=[50])
     api.set_expert("small", [small.url])
-    router = await flock.router({
-        "experts": [flock.expert("big"), flock.expert("small")],
-        "routes": [{"name": "r", "expert": "big", "fallbacks": ["small"]}],
-        "defaults": {"overloadQueueDepth": 10},
-        "discovery": flock.discovery(api),
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("big"), flock.expert("small")],
+            "routes": [{"name": "r", "expert": "big", "fallbacks": ["small"]}],
+            "defaults": {"overloadQueueDepth": 10},
+            "discovery": flock.discovery(api),
+        }
+    )
     raw = await flock.client(router).chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "small"
 
 
@@ -91,21 +103,30 @@ async def test_balances_by_live_load_and_follows_new_replicas(flock: Flock) -> N
     two = await flock.sim("two", model="m")
     api = await flock.flock_api()
     api.set_expert("m", [one.url, two.url], queue=[8, 0])
-    router = await flock.router({
-        "experts": [{"name": "m", "urls": [one.url], "model": "m"}],
-        "routes": [{"name": "r", "expert": "m"}],
-        "defaults": {"overloadQueueDepth": 100},
-        "discovery": flock.discovery(api),
-    })
+    router = await flock.router(
+        {
+            "experts": [{"name": "m", "urls": [one.url], "model": "m"}],
+            "routes": [{"name": "r", "expert": "m"}],
+            "defaults": {"overloadQueueDepth": 100},
+            "discovery": flock.discovery(api),
+        }
+    )
     client = flock.client(router)
-    await asyncio.gather(*[client.chat.completions.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}]) for _ in range(6)])
+    await asyncio.gather(
+        *[
+            client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}]
+            )
+            for _ in range(6)
+        ]
+    )
     assert (one.stats.requests, two.stats.requests) == (0, 6)
     api.set_expert("m", [one.url], queue=[0])  # replica two is gone
     await asyncio.sleep(0.6)
     for _ in range(4):
         await client.chat.completions.create(
-            model="auto", messages=[{"role": "user", "content": "hi"}])
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
     assert (one.stats.requests, two.stats.requests) == (4, 6)
 
 
@@ -114,11 +135,14 @@ async def test_wrong_token_keeps_service_urls(flock: Flock) -> None:
     api = await flock.flock_api()
     api.set_expert("m", [], ready=False)
     (flock.tmp_path / "token").write_text("wrong")
-    router = await flock.router({
-        "experts": [flock.expert("m")],
-        "routes": [{"name": "r", "expert": "m"}],
-        "discovery": {**flock.discovery(api)},
-    })
+    router = await flock.router(
+        {
+            "experts": [flock.expert("m")],
+            "routes": [{"name": "r", "expert": "m"}],
+            "discovery": {**flock.discovery(api)},
+        }
+    )
     await flock.client(router).chat.completions.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert sim.stats.completed == 1 and TOKEN != "wrong"

@@ -22,16 +22,19 @@ async def wait_for(predicate, seconds: float = 3.0) -> bool:  # type: ignore[no-
 
 async def slow_router(flock: Flock):  # type: ignore[no-untyped-def]
     await flock.sim("slow", decode_seconds_per_token=0.05, output_tokens=100)
-    return await flock.router({"experts": [flock.expert("slow")],
-                               "routes": [{"name": "r", "expert": "slow"}]})
+    return await flock.router(
+        {"experts": [flock.expert("slow")], "routes": [{"name": "r", "expert": "slow"}]}
+    )
 
 
 async def test_client_disconnect_mid_stream_cancels_upstream(flock: Flock) -> None:
     router = await slow_router(flock)
     sim = flock.sims["slow"]
     async with aiohttp.ClientSession() as session:
-        resp = await session.post(f"{router.url}/v1/chat/completions", json={
-            "model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        resp = await session.post(
+            f"{router.url}/v1/chat/completions",
+            json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        )
         await resp.content.readany()
         assert sim.stats.in_flight == 1
         resp.close()  # the client goes away
@@ -45,8 +48,10 @@ async def test_client_disconnect_before_answer_cancels_upstream(flock: Flock) ->
     async with aiohttp.ClientSession() as session:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
-                await session.post(f"{router.url}/v1/chat/completions", json={
-                    "model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+                await session.post(
+                    f"{router.url}/v1/chat/completions",
+                    json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+                )
     assert await wait_for(lambda: sim.stats.disconnected == 1)
     assert sim.stats.completed == 0
 
@@ -62,8 +67,10 @@ async def test_config_reload_under_load_drops_nothing(flock: Flock) -> None:
     async def worker() -> None:
         for _ in range(25):
             raw = await client.chat.completions.with_raw_response.create(
-                model="auto", messages=[{"role": "user", "content": "hi"}],
-                stream=len(seen) % 2 == 0)
+                model="auto",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=len(seen) % 2 == 0,
+            )
             seen.append(raw.headers["x-modelflock-expert"])
             parsed = raw.parse()
             if hasattr(parsed, "__aiter__"):
@@ -72,21 +79,27 @@ async def test_config_reload_under_load_drops_nothing(flock: Flock) -> None:
     async def flip() -> None:
         for i in range(6):
             await asyncio.sleep(0.15)
-            flock.write({"experts": experts,
-                         "routes": [{"name": "r", "expert": "b" if i % 2 == 0 else "a"}]})
+            flock.write(
+                {
+                    "experts": experts,
+                    "routes": [{"name": "r", "expert": "b" if i % 2 == 0 else "a"}],
+                }
+            )
         flock.write({"experts": experts, "routes": [{"name": "r", "expert": "b"}]})
 
     await asyncio.gather(flip(), *[worker() for _ in range(8)])  # any failure raises
     assert len(seen) == 200 and {"a", "b"} <= set(seen)
     await asyncio.sleep(0.3)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "b"
     # A broken config is refused and the last good one keeps serving.
     flock.config_path.write_text("routes: [{name: r, expert: ghost}]")
     await asyncio.sleep(0.3)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "b"
     session = await flock.http()
     async with session.get(f"{router.url}/metrics") as resp:
@@ -98,29 +111,41 @@ SECRET = "sk-live-SECRET-0123456789abcdef"
 
 
 async def test_external_expert_key_is_sent_but_never_logged_or_exported(
-        flock: Flock, caplog: pytest.LogCaptureFixture) -> None:
+    flock: Flock, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     await flock.sim("frontier", api_key=SECRET)
     await flock.sim("local", behaviour={"mode": "error"})
     key_file = flock.tmp_path / "key"
     key_file.write_text(SECRET + "\n")
-    router = await flock.router({
-        "experts": [flock.expert("local"),
-                    flock.expert("frontier", engine="external", model="frontier",
-                                 apiKeyFile=str(key_file),
-                                 urls=[flock.sims["frontier"].url + "/v1"])],
-        "routes": [{"name": "r", "expert": "local", "fallbacks": ["frontier"]}],
-    })
+    router = await flock.router(
+        {
+            "experts": [
+                flock.expert("local"),
+                flock.expert(
+                    "frontier",
+                    engine="external",
+                    model="frontier",
+                    apiKeyFile=str(key_file),
+                    urls=[flock.sims["frontier"].url + "/v1"],
+                ),
+            ],
+            "routes": [{"name": "r", "expert": "local", "fallbacks": ["frontier"]}],
+        }
+    )
     client = flock.client(router)
     raw = await client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "hi"}])
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-modelflock-expert"] == "frontier"  # the key worked
     # A wrong key (rotated Secret) is a failing expert: 503 listing why, key not echoed.
     key_file.write_text("sk-wrong-key-ROTATED")
     await asyncio.sleep(0.3)
     session = await flock.http()
-    async with session.post(f"{router.url}/v1/chat/completions", json={
-            "model": "auto", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+    async with session.post(
+        f"{router.url}/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    ) as resp:
         assert resp.status == 503
         body = await resp.text()
     async with session.get(f"{router.url}/metrics") as resp:

@@ -100,7 +100,7 @@ def test_engine_flavour_mismatch_is_an_error() -> None:
         "hello world {",
         "}}}",
         "\x00\xff\xfe",
-        "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{a=\"b\"} notanumber\n",
+        '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{a="b"} notanumber\n',
         "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 3\n",
         # Present but only NaN: nothing usable.
         "vllm:num_requests_waiting NaN\nvllm:num_requests_running NaN\n",
@@ -115,10 +115,10 @@ def test_bad_text_raises_typed_error(text: str) -> None:
 
 def test_negative_and_infinite_values_are_ignored() -> None:
     text = (
-        "vllm:num_requests_waiting{model_name=\"a\"} -1\n"
-        "vllm:num_requests_waiting{model_name=\"b\"} 2\n"
-        "vllm:num_requests_running{model_name=\"a\"} +Inf\n"
-        "vllm:num_requests_running{model_name=\"b\"} 1\n"
+        'vllm:num_requests_waiting{model_name="a"} -1\n'
+        'vllm:num_requests_waiting{model_name="b"} 2\n'
+        'vllm:num_requests_running{model_name="a"} +Inf\n'
+        'vllm:num_requests_running{model_name="b"} 1\n'
     )
     load = parse_engine_load(text)
     assert (load.waiting, load.running) == (2.0, 1.0)

@@ -545,23 +545,30 @@ def test_cert_manager_with_own_issuer(helm_env: dict[str, str]) -> None:
 # ---- monitoring ------------------------------------------------------------------------------
 
 
-def router_metric_names() -> set[str]:
-    """Sample names the router really exports (its registry, not a copy of the names)."""
+def exported_metric_names() -> set[str]:
+    """Sample names the operator and the router really export (their registries, not a copy
+    of the names), so alerts and dashboard panels cannot drift from the code."""
+    from prometheus_client import CollectorRegistry
+
+    from modelflock.controller.metrics import OperatorMetrics
     from modelflock.router.accounting import RouterMetrics
 
+    operator_registry = CollectorRegistry()
+    OperatorMetrics(operator_registry)
     names = set()
-    for family in RouterMetrics().registry.collect():
-        if family.type == "counter":
-            names.add(f"{family.name}_total")
-        elif family.type == "histogram":
-            names.update(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count"))
-        else:
-            names.add(family.name)
+    for registry in (operator_registry, RouterMetrics().registry):
+        for family in registry.collect():
+            if family.type == "counter":
+                names.add(f"{family.name}_total")
+            elif family.type == "histogram":
+                names.update(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(family.name)
     return names
 
 
-def used_router_metrics(text: str) -> set[str]:
-    return set(re.findall(r"modelflock_router_[a-z_]+", text))
+def used_metrics(text: str) -> set[str]:
+    return set(re.findall(r"\bmodelflock_[a-z_]+", text))
 
 
 def test_service_monitor_scrapes_the_metrics_port(full_docs: list[dict[str, Any]]) -> None:
@@ -594,7 +601,7 @@ def test_prometheus_rules(full_docs: list[dict[str, Any]]) -> None:
     assert "> 0.05" in errors
     # Prometheus templating survives helm's ({{ $labels.x }} is escaped in the chart).
     assert "{{ $labels.expert }}" in alerts["ModelFlockExpertDegraded"]["annotations"]["summary"]
-    assert used_router_metrics(json.dumps(rule)) <= router_metric_names()
+    assert used_metrics(json.dumps(rule)) <= exported_metric_names()
 
 
 def test_dashboard(full_docs: list[dict[str, Any]]) -> None:
@@ -613,7 +620,7 @@ def test_dashboard(full_docs: list[dict[str, Any]]) -> None:
     ):
         assert metric in exprs, metric
     assert "by (route, expert)" in exprs
-    assert used_router_metrics(exprs) <= router_metric_names()
+    assert used_metrics(exprs) <= exported_metric_names()
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
 

@@ -185,10 +185,32 @@ def test_counts_summary_and_generation() -> None:
 def test_unchanged_status_keeps_transition_times_and_posts_no_event() -> None:
     observed = Observed(1, VLLM, deployment=_deployment(1, 1), desired_replicas=1)
     first = compute_status(observed, None, NOW)
-    assert {t.type for t in first.transitions} == {"Ready", "Degraded"}
+    assert first.transitions == []  # first sight of a healthy expert is not news
     second = compute_status(observed, first.status, NOW + timedelta(minutes=5))
     assert second.transitions == []
     assert second.status == first.status
+
+
+def test_flips_post_events() -> None:
+    healthy = compute_status(
+        Observed(1, VLLM, deployment=_deployment(1, 1), desired_replicas=1), None, NOW
+    )
+    broken = compute_status(
+        Observed(1, VLLM, deployment=_deployment(1, 0), pods=[CRASHING_POD], desired_replicas=1),
+        healthy.status,
+        NOW,
+    )
+    assert {(t.type, t.status, t.warning) for t in broken.transitions} == {
+        ("Ready", "False", True),
+        ("Degraded", "True", True),
+    }
+    healed = compute_status(
+        Observed(1, VLLM, deployment=_deployment(1, 1), desired_replicas=1), broken.status, NOW
+    )
+    assert {(t.type, t.status, t.warning) for t in healed.transitions} == {
+        ("Ready", "True", False),
+        ("Degraded", "False", False),
+    }
 
 
 def test_autoscaler_fields_survive() -> None:

@@ -39,8 +39,10 @@ def test_rules_keywords_patterns_models_headers_and_length() -> None:
 
 def test_nearest_intent_uses_cosine_and_a_minimum() -> None:
     examples = [("code", [1.0, 0.0]), ("chat", [0.0, 1.0])]
-    assert nearest_intent([0.9, 0.1], examples, 0.5) == ("code", nearest_intent(
-        [0.9, 0.1], examples, 0.5)[1])  # type: ignore[index]
+    assert nearest_intent([0.9, 0.1], examples, 0.5) == (
+        "code",
+        nearest_intent([0.9, 0.1], examples, 0.5)[1],
+    )  # type: ignore[index]
     assert nearest_intent([0.7, 0.7], examples, 0.8) is None
     assert nearest_intent([1.0, 0.0], [], 0.1) is None
 
@@ -62,8 +64,9 @@ def test_classifier_prompt_lists_the_labels() -> None:
 
 
 class FakeStage:
-    def __init__(self, name: str, answer: str | None, delay: float = 0.0,
-                 fail: bool = False) -> None:
+    def __init__(
+        self, name: str, answer: str | None, delay: float = 0.0, fail: bool = False
+    ) -> None:
         self.name, self.answer, self.delay, self.fail = name, answer, delay, fail
         self.timeout = 0.05
         self.calls = 0
@@ -83,7 +86,10 @@ async def test_chain_hands_over_when_unsure_slow_or_failing() -> None:
     decision = await chain.classify(f("hello"))
     assert (decision.intent, decision.classifier) == ("default", "default")
     assert [(o.stage, o.outcome) for o in decision.trail] == [
-        ("rules", "unsure"), ("embedding", "timeout"), ("llm", "error")]
+        ("rules", "unsure"),
+        ("embedding", "timeout"),
+        ("llm", "error"),
+    ]
     good = FakeStage("llm", "chat")
     decision = await ClassifierChain([RulesStage(RULES), good], "default").classify(f("hi"))
     assert (decision.intent, decision.classifier) == ("chat", "llm")
@@ -91,8 +97,7 @@ async def test_chain_hands_over_when_unsure_slow_or_failing() -> None:
 
 async def test_rules_decide_before_paid_stages_are_asked() -> None:
     paid = FakeStage("llm", "chat")
-    decision = await ClassifierChain([RulesStage(RULES), paid], "default").classify(
-        f("python"))
+    decision = await ClassifierChain([RulesStage(RULES), paid], "default").classify(f("python"))
     assert (decision.intent, decision.classifier, paid.calls) == ("code", "rules", 0)
 
 

@@ -30,8 +30,10 @@ defaults: {maxAttempts: 2, maxBodyBytes: 2048}
 
 
 def base() -> dict[str, Any]:
-    return {"experts": [{"name": "a", "urls": ["http://a"], "model": "a"}],
-            "routes": [{"name": "r", "expert": "a"}]}
+    return {
+        "experts": [{"name": "a", "urls": ["http://a"], "model": "a"}],
+        "routes": [{"name": "r", "expert": "a"}],
+    }
 
 
 def test_yaml_config_loads_with_camel_case_keys() -> None:
@@ -55,8 +57,10 @@ def test_prices_are_exact_decimals() -> None:
         (lambda c: c["routes"][0].update(cascade={"experts": ["a", "a"]}), "exactly one"),
         (lambda c: c["routes"][0].update(match={"intents": ["nope"]}), "unknown intent"),
         (lambda c: c.update(baseline="ghost"), "unknown expert"),
-        (lambda c: c.update(classifier={"intents": [{"name": "x", "patterns": ["("]}]}),
-         "invalid regular expression"),
+        (
+            lambda c: c.update(classifier={"intents": [{"name": "x", "patterns": ["("]}]}),
+            "invalid regular expression",
+        ),
         (lambda c: c["experts"][0].update(prices={"inputPerMillion": "1e-3"}), "decimal"),
         (lambda c: c.update(surprise=1), "Extra inputs"),
         (lambda c: c.update(classifier={"stages": [{"type": "llm"}]}), "name an expert"),

@@ -22,10 +22,17 @@ from modelflock.router.sse import SseScanner
 from modelflock.router.upstream import api_url, is_failing_status
 
 ROUTES = [
-    Route(name="gold", match=RouteMatch(headers=[HeaderMatch(name="x-tier", value="gold")]),
-          expert="big"),
-    Route(name="code", match=RouteMatch(intents=["code"]),
-          cascade=Cascade(experts=["small", "big"]), fallbacks=["big", "ext"]),
+    Route(
+        name="gold",
+        match=RouteMatch(headers=[HeaderMatch(name="x-tier", value="gold")]),
+        expert="big",
+    ),
+    Route(
+        name="code",
+        match=RouteMatch(intents=["code"]),
+        cascade=Cascade(experts=["small", "big"]),
+        fallbacks=["big", "ext"],
+    ),
     Route(name="rest", expert="small"),
 ]
 
@@ -45,10 +52,14 @@ def chat_answer(content: str, finish: str = "stop", logprob: float | None = None
     return {"choices": [choice]}
 
 
-ALL = compile_checks(Cascade(experts=["a", "b"],
-                             checks=["truncated", "empty", "refusal", "invalidJSON",
-                                     "lowConfidence"],
-                             refusal_patterns=[r"(?i)no idea"], min_confidence="0.5"))
+ALL = compile_checks(
+    Cascade(
+        experts=["a", "b"],
+        checks=["truncated", "empty", "refusal", "invalidJSON", "lowConfidence"],
+        refusal_patterns=[r"(?i)no idea"],
+        min_confidence="0.5",
+    )
+)
 
 
 @pytest.mark.parametrize(
@@ -65,8 +76,19 @@ ALL = compile_checks(Cascade(experts=["a", "b"],
         (chat_answer('{"a": 1'), False, None),
         (chat_answer("sure", logprob=-3.0), False, "lowConfidence"),
         (chat_answer("sure", logprob=-0.01), False, None),
-        ({"choices": [{"text": "completion", "finish_reason": "stop",
-                       "logprobs": {"token_logprobs": [-4.0]}}]}, False, "lowConfidence"),
+        (
+            {
+                "choices": [
+                    {
+                        "text": "completion",
+                        "finish_reason": "stop",
+                        "logprobs": {"token_logprobs": [-4.0]},
+                    }
+                ]
+            },
+            False,
+            "lowConfidence",
+        ),
     ],
 )
 def test_cascade_checks(answer: object, wants_json: bool, expected: str | None) -> None:
@@ -83,15 +105,19 @@ def test_health_cold_overloaded_ok() -> None:
     assert expert_health(None, 10) == "ok"
     assert expert_health(ExpertLive(0, 1, 30.0, ()), 10) == "cold"
     assert expert_health(ExpertLive(2, 2, None, (EndpointLive("http://a", False),)), 10) == "cold"
-    assert expert_health(ExpertLive(2, 2, None, (ready, EndpointLive("http://b"))), 10) == \
-        "overloaded"
+    assert (
+        expert_health(ExpertLive(2, 2, None, (ready, EndpointLive("http://b"))), 10) == "overloaded"
+    )
     assert expert_health(ExpertLive(4, 4, None, (ready,)), 10) == "ok"
 
 
 def test_least_loaded_endpoint_with_rotation_on_ties() -> None:
     out = Outstanding()
-    eps = [EndpointLive("a", queue_depth=5), EndpointLive("b", queue_depth=0),
-           EndpointLive("c", ready=False)]
+    eps = [
+        EndpointLive("a", queue_depth=5),
+        EndpointLive("b", queue_depth=0),
+        EndpointLive("c", ready=False),
+    ]
     assert choose_endpoint(eps, out) == "b"
     out.acquire("b")
     out.acquire("b")
@@ -110,10 +136,26 @@ def test_least_loaded_endpoint_with_rotation_on_ties() -> None:
 
 
 def test_parse_discovery_document() -> None:
-    live = parse_endpoints({"experts": {"code-7b": {
-        "readyReplicas": 2, "desiredReplicas": 2, "coldStartSeconds": 45,
-        "endpoints": [{"url": "http://10.0.0.5:8000/", "ready": True, "queueDepth": 3,
-                       "running": 8}]}}, "generatedAt": "2026-11-28T17:00:00Z"})
+    live = parse_endpoints(
+        {
+            "experts": {
+                "code-7b": {
+                    "readyReplicas": 2,
+                    "desiredReplicas": 2,
+                    "coldStartSeconds": 45,
+                    "endpoints": [
+                        {
+                            "url": "http://10.0.0.5:8000/",
+                            "ready": True,
+                            "queueDepth": 3,
+                            "running": 8,
+                        }
+                    ],
+                }
+            },
+            "generatedAt": "2026-11-28T17:00:00Z",
+        }
+    )
     assert live["code-7b"].endpoints[0] == EndpointLive("http://10.0.0.5:8000", True, 3, 8)
     assert live["code-7b"].cold_start_seconds == 45
     with pytest.raises(ValueError):
@@ -129,11 +171,11 @@ def test_sse_scanner_reads_usage_and_strips_it_only_when_asked() -> None:
     usage = sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
     stream = content + usage + b"data: [DONE]\n\n"
     keep = SseScanner(strip_usage=False)
-    out = b"".join(keep.feed(stream[i:i + 7]) for i in range(0, len(stream), 7)) + keep.flush()
+    out = b"".join(keep.feed(stream[i : i + 7]) for i in range(0, len(stream), 7)) + keep.flush()
     assert out == stream
     assert keep.usage == {"prompt_tokens": 3, "completion_tokens": 5}
     strip = SseScanner(strip_usage=True)
-    out = b"".join(strip.feed(stream[i:i + 7]) for i in range(0, len(stream), 7)) + strip.flush()
+    out = b"".join(strip.feed(stream[i : i + 7]) for i in range(0, len(stream), 7)) + strip.flush()
     assert out == content + b"data: [DONE]\n\n"
     assert strip.usage is not None and strip.content_events == 1
 
@@ -142,7 +184,14 @@ def test_upstream_urls_and_failing_statuses() -> None:
     assert api_url("http://a:8000", "/chat/completions") == "http://a:8000/v1/chat/completions"
     assert api_url("https://x/v1/", "/embeddings") == "https://x/v1/embeddings"
     assert [is_failing_status(s) for s in (200, 400, 404, 429, 500, 503, 401)] == [
-        False, False, False, True, True, True, True]
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
 
 
 METRICS = """

@@ -75,8 +75,11 @@ def test_bad_requests_are_refused(body: object, status: int) -> None:
 
 
 def test_stream_options_and_logprobs_are_read() -> None:
-    job = parse_job(chat(stream=True, stream_options={"include_usage": True}, logprobs=True,
-                         top_logprobs=2), True, "m")
+    job = parse_job(
+        chat(stream=True, stream_options={"include_usage": True}, logprobs=True, top_logprobs=2),
+        True,
+        "m",
+    )
     assert (job.stream, job.include_usage, job.logprobs, job.top_logprobs) == (True, True, True, 2)
     completion = parse_job({"model": "m", "prompt": "hi", "logprobs": 1}, False, "m")
     assert completion.logprobs and completion.top_logprobs == 1

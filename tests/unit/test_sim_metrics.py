@@ -13,8 +13,11 @@ GAUGES = Gauges(waiting=3, running=8, kv_usage=0.25, kv_tokens=100, kv_capacity=
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
 
 
 def test_vllm_metrics_have_vllm_names_and_labels() -> None:
@@ -27,8 +30,10 @@ def test_vllm_metrics_have_vllm_names_and_labels() -> None:
     assert got[("vllm:kv_cache_usage_perc", labels)] == 0.25
     assert got[("vllm:prompt_tokens_total", labels)] == 5
     assert got[("vllm:generation_tokens_total", labels)] == 7
-    assert got[("vllm:request_success_total", (*labels[:1], ("finished_reason", "stop"),
-                                               labels[1]))] == 2
+    assert (
+        got[("vllm:request_success_total", (*labels[:1], ("finished_reason", "stop"), labels[1]))]
+        == 2
+    )
     assert got[("vllm:request_queue_time_seconds_count", labels)] == 1
     inf = tuple(sorted((*labels, ("le", "+Inf"))))
     assert got[("vllm:request_queue_time_seconds_bucket", inf)] == 1

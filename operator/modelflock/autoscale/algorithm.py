@@ -206,26 +206,35 @@ def _recommend(
     if capacity is None:
         # Nothing has ever run, so a replica's capacity is unknown: add one at a time.
         if on_hand == 0 or load.waiting > target * on_hand * (1 + tol):
-            return on_hand + 1, Reason.QUEUE_ABOVE_TARGET, (
-                f"{load.waiting:g} waiting on {on_hand} replicas, capacity not known yet"
+            return (
+                on_hand + 1,
+                Reason.QUEUE_ABOVE_TARGET,
+                (f"{load.waiting:g} waiting on {on_hand} replicas, capacity not known yet"),
             )
         return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding"
     up = load.in_flight / (capacity + target)
     if up > on_hand * (1 + tol):
-        return _ceil(up), Reason.QUEUE_ABOVE_TARGET, (
-            f"{load.waiting:g} waiting and {load.running:g} running need {_ceil(up)} replicas "
-            f"at {capacity:g} running + {target} waiting each"
+        return (
+            _ceil(up),
+            Reason.QUEUE_ABOVE_TARGET,
+            (
+                f"{load.waiting:g} waiting and {load.running:g} running need {_ceil(up)} replicas "
+                f"at {capacity:g} running + {target} waiting each"
+            ),
         )
     # Keep (1 - tolerance) of every batch free after a decrease: at 100% utilisation a queue
     # forms by chance and the next scale-up would undo this one.
     down = load.in_flight / (capacity * (1 - tol))
     if _ceil(down) < on_hand:
-        return max(1, _ceil(down)), Reason.LOAD_BELOW_CAPACITY, (
-            f"{load.in_flight:g} in flight fit in {max(1, _ceil(down))} replicas "
-            f"of {capacity:g}"
+        return (
+            max(1, _ceil(down)),
+            Reason.LOAD_BELOW_CAPACITY,
+            (f"{load.in_flight:g} in flight fit in {max(1, _ceil(down))} replicas of {capacity:g}"),
         )
-    return on_hand, Reason.WITHIN_TOLERANCE, (
-        f"{load.waiting:g} waiting and {load.running:g} running on {on_hand} replicas"
+    return (
+        on_hand,
+        Reason.WITHIN_TOLERANCE,
+        (f"{load.waiting:g} waiting and {load.running:g} running on {on_hand} replicas"),
     )
 
 
@@ -247,15 +256,18 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
     all_failed = bool(obs.ready) and load.sampled == 0
 
     if all_failed:
-        raw, reason, message = current, Reason.METRICS_UNAVAILABLE, (
-            f"no metrics from any of {len(obs.ready)} ready pods; holding"
+        raw, reason, message = (
+            current,
+            Reason.METRICS_UNAVAILABLE,
+            (f"no metrics from any of {len(obs.ready)} ready pods; holding"),
         )
     else:
         raw, reason, message = _recommend(policy, load, on_hand, capacity)
         if on_hand == 0 and demand_fresh:
             raw = max(raw, 1)
-            reason, message = Reason.WOKEN_BY_DEMAND, (
-                f"routers hold {obs.demand.waiting if obs.demand else 0} requests"
+            reason, message = (
+                Reason.WOKEN_BY_DEMAND,
+                (f"routers hold {obs.demand.waiting if obs.demand else 0} requests"),
             )
 
     idle_for = now - last_load_at
@@ -265,24 +277,33 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         and not all_failed
         and idle_for >= policy.scale_to_zero_after_seconds
     )
-    if raw == 0 and not to_zero:
+    stays_at_zero = policy.min_replicas == 0 and current == 0 and on_hand == 0 and not busy
+    if stays_at_zero:
+        # Already at zero with nothing asking for it: nothing to wake.
+        to_zero = True
+    elif raw == 0 and not to_zero:
         # Idle but not long enough (or min > 0): the smallest warm size.
         raw = max(1, policy.min_replicas)
 
     history = _remember(memory.recommendations, Recommendation(now, raw), policy, now)
     if to_zero:
         # The idle timer is this decision's own stabilization window.
-        desired, reason, message = 0, Reason.SCALED_TO_ZERO, f"idle for {idle_for:g}s"
+        desired, reason = 0, Reason.SCALED_TO_ZERO
+        message = "no demand" if stays_at_zero else f"idle for {idle_for:g}s"
     else:
         desired, reason, message = _stabilize(policy, history, current, raw, reason, message)
         if on_hand == 0 and demand_fresh and desired < raw:
             # Requests are held right now: waking is never delayed by the scale-up window.
-            desired, reason, message = raw, Reason.WOKEN_BY_DEMAND, (
-                f"routers hold {obs.demand.waiting if obs.demand else 0} requests"
+            desired, reason, message = (
+                raw,
+                Reason.WOKEN_BY_DEMAND,
+                (f"routers hold {obs.demand.waiting if obs.demand else 0} requests"),
             )
         if load.failed and desired < current:
-            desired, reason, message = current, Reason.METRICS_UNAVAILABLE, (
-                f"{load.failed} of {len(obs.ready)} scrapes failed; not scaling down"
+            desired, reason, message = (
+                current,
+                Reason.METRICS_UNAVAILABLE,
+                (f"{load.failed} of {len(obs.ready)} scrapes failed; not scaling down"),
             )
 
     desired, reason, message = _bound(policy, current, desired, reason, message)
@@ -326,14 +347,22 @@ def _stabilize(
     if current > down:
         return down, reason, message
     if raw < current:
-        return current, Reason.STABILIZING_DOWN, (
-            f"load asks for {raw}; holding {current} for the "
-            f"{policy.scale_down_window_seconds}s scale-down window"
+        return (
+            current,
+            Reason.STABILIZING_DOWN,
+            (
+                f"load asks for {raw}; holding {current} for the "
+                f"{policy.scale_down_window_seconds}s scale-down window"
+            ),
         )
     if raw > current:
-        return current, Reason.STABILIZING_UP, (
-            f"load asks for {raw}; waiting for the {policy.scale_up_window_seconds}s "
-            "scale-up window"
+        return (
+            current,
+            Reason.STABILIZING_UP,
+            (
+                f"load asks for {raw}; waiting for the {policy.scale_up_window_seconds}s "
+                "scale-up window"
+            ),
         )
     return current, reason, message
 
@@ -343,8 +372,9 @@ def _bound(
 ) -> tuple[int, Reason, str]:
     if desired > current + policy.max_scale_up_step:
         desired = current + policy.max_scale_up_step
-        reason, message = Reason.SCALE_UP_LIMITED, (
-            f"{message}; limited to +{policy.max_scale_up_step} per step"
+        reason, message = (
+            Reason.SCALE_UP_LIMITED,
+            (f"{message}; limited to +{policy.max_scale_up_step} per step"),
         )
     if desired > policy.max_replicas:
         return policy.max_replicas, Reason.AT_MAX, f"{message}; capped at max {policy.max_replicas}"
@@ -364,8 +394,9 @@ def _protect_starting(
     loading = sum(1 for p in obs.starting if p.scheduled and not p.ever_served)
     floor = min(current, len(obs.ready) + loading)
     if loading and desired < floor:
-        return floor, Reason.WAITING_FOR_STARTING_PODS, (
-            f"{message}; keeping {loading} pods that are still loading"
+        return (
+            floor,
+            Reason.WAITING_FOR_STARTING_PODS,
+            (f"{message}; keeping {loading} pods that are still loading"),
         )
     return desired, reason, message
-

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from modelflock.api.modelexpert import ModelExpertStatus
 from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
-from modelflock.autoscale.sources import DemandStore, PodTarget, SourceMetrics
+from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, SourceMetrics
 from modelflock.controller.config import OperatorConfig
 from modelflock.controller.kube import Kube
 from modelflock.controller.metrics import OperatorMetrics
@@ -32,6 +33,8 @@ class ExpertState:
     ready_replicas: int = 0
     desired_replicas: int = 0
     cold_start_seconds: float = 60.0
+    # The status this operator last wrote: the watched body may lag behind our own writes.
+    last_status: ModelExpertStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class OperatorContext:
     # Filled by the RoutingPolicy workers: each policy's router token and the experts it names.
     policy_access: dict[ObjectKey, PolicyAccess] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
+    # One long-lived source per kind, so "logged once per failure streak" holds across ticks.
+    sources: dict[str, MetricSource] = field(default_factory=dict)
 
     def expert_state(self, key: ObjectKey) -> ExpertState:
         state = self.experts.get(key)

@@ -161,7 +161,8 @@ async def reconcile_expert(
     ref = ExpertRef(name=name, namespace=namespace, uid=str(expert.metadata.uid))
     now = datetime.now(UTC)
     generation = int(expert.metadata.generation or 0)
-    status_before = expert.status or ModelExpertStatus()
+    # Our own last write wins over the watched body, which may not have caught up with it.
+    status_before = state.last_status or expert.status or ModelExpertStatus()
     extra: dict[str, Any] = {}
 
     if spec.engine == "external":
@@ -212,6 +213,7 @@ async def reconcile_expert(
     status = result.status.model_copy(update=extra).to_api()
     if status != status_before.to_api():
         await ctx.kube.patch_status(API_VERSION, KIND, name, namespace, status)
+        state.last_status = result.status.model_copy(update=extra)
         # Policies that name this expert re-render on readiness/endpoint changes.
         ctx.trigger_policies_in(namespace)
     _post_events(body, result.transitions)
@@ -236,16 +238,21 @@ def metric_source(ctx: OperatorContext, spec: ModelExpertSpec, namespace: str) -
     settings = ctx.config.autoscaler
     wanted = spec.effective_autoscaling().metric_source
     if wanted == "prometheus" and settings.prometheus_url:
-        return PrometheusSource(
-            ctx.http,
-            ctx.source_metrics,
-            settings.prometheus_url,
-            namespace,
-            timeout_seconds=settings.scrape_timeout_seconds,
+        key = f"prometheus/{namespace}"
+        if key not in ctx.sources:
+            ctx.sources[key] = PrometheusSource(
+                ctx.http,
+                ctx.source_metrics,
+                settings.prometheus_url,
+                namespace,
+                timeout_seconds=settings.scrape_timeout_seconds,
+            )
+        return ctx.sources[key]
+    if "scrape" not in ctx.sources:
+        ctx.sources["scrape"] = ScrapeSource(
+            ctx.http, ctx.source_metrics, timeout_seconds=settings.scrape_timeout_seconds
         )
-    return ScrapeSource(
-        ctx.http, ctx.source_metrics, timeout_seconds=settings.scrape_timeout_seconds
-    )
+    return ctx.sources["scrape"]
 
 
 async def autoscale_tick(

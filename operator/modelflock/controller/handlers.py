@@ -97,6 +97,12 @@ def build_registry(
         ctx.http = aiohttp.ClientSession()
         memo.runners = await start_servers(ctx)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Same credentials as our own client: in-cluster service account or the kubeconfig.
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
     @kopf.on.cleanup(registry=registry)
     async def close(memo: Any, **_: Any) -> None:
         ctx = _context(memo)

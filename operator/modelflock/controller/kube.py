@@ -14,6 +14,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
 FIELD_MANAGER = "modelflock"
+AUTOSCALER_FIELD_MANAGER = "modelflock-autoscaler"
 Manifest = dict[str, Any]
 
 
@@ -107,6 +108,7 @@ class Kube:
                 name=name,
                 namespace=namespace,
                 content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
             )
 
         await asyncio.to_thread(call)
@@ -123,6 +125,7 @@ class Kube:
                 name=name,
                 namespace=namespace,
                 content_type="application/merge-patch+json",
+                field_manager=AUTOSCALER_FIELD_MANAGER,
             )
 
         await asyncio.to_thread(call)

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # kopf reports every handler run at INFO; our own logs say what matters.
+    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # Imported here so `modelflock operator --help` and config errors stay fast.
     import kopf
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelflock.api.common import ConditionStatus
+from modelflock.api.common import Condition, ConditionStatus
 from modelflock.api.conditions import find_condition, set_condition
 from modelflock.api.modelexpert import ModelExpertSpec, ModelExpertStatus
 from modelflock.render.checks import Problem
@@ -162,6 +162,17 @@ def _external_conditions(observed: Observed) -> tuple[_Cond, _Cond, _Cond]:
     )
 
 
+def _worth_an_event(kind: str, before: Condition | None, after: _Cond) -> bool:
+    """Ready flips and Degraded reasons are news; first sightings of good news are not."""
+    if kind == "Progressing":
+        return False
+    if before is None:
+        return kind == "Degraded" and after.status == "True"
+    return before.status != after.status or (
+        after.status == "True" and before.reason != after.reason
+    )
+
+
 def compute_status(
     observed: Observed, previous: ModelExpertStatus | None, now: datetime
 ) -> StatusResult:
@@ -186,11 +197,8 @@ def compute_status(
             observed_generation=observed.generation,
             now=now,
         )
-        changed = before is None or before.status != cond.status or before.reason != cond.reason
-        if changed and kind != "Progressing":
-            warning = (kind == "Degraded" and cond.status == "True") or (
-                kind == "Ready" and cond.status == "False" and before is not None
-            )
+        if _worth_an_event(kind, before, cond):
+            warning = cond.status == ("True" if kind == "Degraded" else "False")
             transitions.append(Transition(kind, cond.status, cond.reason, cond.message, warning))
 
     desired = 0 if observed.spec.engine == "external" else observed.desired_replicas
@@ -201,7 +209,9 @@ def compute_status(
             "replicas": replicas,
             "ready_replicas": ready_replicas,
             "desired_replicas": desired,
-            "replica_summary": f"{ready_replicas}/{desired}",
+            "replica_summary": None
+            if observed.spec.engine == "external"
+            else f"{ready_replicas}/{desired}",
             "endpoint": observed.endpoint,
             "selector": observed.selector,
         }

@@ -45,7 +45,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     upstream = Upstream(session, discovery)
     holder = await asyncio.to_thread(
-        StateHolder, app[CONFIG_PATH], upstream, lambda r: metrics.reloads.labels(r).inc())
+        StateHolder, app[CONFIG_PATH], upstream, lambda r: metrics.reloads.inc((r,))
+    )
     app[HOLDER], app[UPSTREAM], app[DISCOVERY] = holder, upstream, discovery
     app[DISPATCHER] = Dispatcher(upstream, metrics)
     holder.start()
@@ -99,8 +100,9 @@ class RouterServer:
 
 
 @contextlib.asynccontextmanager
-async def running_router(config_path: Path, host: str = "127.0.0.1", port: int = 0
-                         ) -> AsyncIterator[RouterServer]:
+async def running_router(
+    config_path: Path, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RouterServer]:
     server = RouterServer(config_path)
     await server.start(host, port)
     try:

@@ -44,8 +44,11 @@ def token_logprobs(choice: dict[str, Any]) -> list[float]:
         return []
     content = logprobs.get("content")
     if isinstance(content, list):
-        return [float(t["logprob"]) for t in content
-                if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)]
+        return [
+            float(t["logprob"])
+            for t in content
+            if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)
+        ]
     values = logprobs.get("token_logprobs")
     if isinstance(values, list):
         return [float(v) for v in values if isinstance(v, int | float)]
@@ -61,8 +64,12 @@ def mean_probability(logprobs: Sequence[float]) -> float | None:
 def failed_check(body: object, checks: CompiledChecks, wants_json: bool) -> str | None:
     """The first check the answer fails (truncated, empty, refusal, invalidJSON,
     lowConfidence), or None when it passes."""
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) \
-            or not body["choices"] or not isinstance(body["choices"][0], dict):
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("choices"), list)
+        or not body["choices"]
+        or not isinstance(body["choices"][0], dict)
+    ):
         return "empty" if "empty" in checks.checks else None
     choice: dict[str, Any] = body["choices"][0]
     text = answer_text(choice)

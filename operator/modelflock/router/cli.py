@@ -16,8 +16,9 @@ from modelflock.router.config import load_config
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("router", help="run the OpenAI-compatible routing sidecar/gateway",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "router", help="run the OpenAI-compatible routing sidecar/gateway", description=__doc__
+    )
     p.add_argument("--config", type=Path, required=True, help="router config (YAML or JSON)")
     p.add_argument("--host", help="override listen.host")
     p.add_argument("--port", type=int, help="override listen.port (0: a free port)")
@@ -55,8 +56,9 @@ async def _serve(config_path: Path, host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = load_config(args.config)
     except (OSError, ValueError) as exc:

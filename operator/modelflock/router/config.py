@@ -48,8 +48,9 @@ Name = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
 
 
 class Listen(Model):
@@ -64,8 +65,10 @@ class Prices(Model):
     output_per_million: DecimalString = "0"
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        return (Decimal(self.input_per_million) * input_tokens
-                + Decimal(self.output_per_million) * output_tokens) / 1_000_000
+        return (
+            Decimal(self.input_per_million) * input_tokens
+            + Decimal(self.output_per_million) * output_tokens
+        ) / 1_000_000
 
 
 class Expert(Model):
@@ -111,7 +114,8 @@ class ClassifierStage(Model):
 
 class Classifier(Model):
     stages: list[ClassifierStage] = Field(
-        default_factory=lambda: [ClassifierStage(type="rules")], min_length=1)
+        default_factory=lambda: [ClassifierStage(type="rules")], min_length=1
+    )
     intents: list[Intent] = Field(default_factory=list)
     default_intent: str = "default"
 
@@ -156,8 +160,9 @@ class Route(Model):
 class Defaults(Model):
     request_timeout_seconds: float = Field(default=120, gt=0)
     connect_timeout_seconds: float = Field(default=3, gt=0)
-    first_byte_timeout_seconds: float = Field(default=60, gt=0,
-                                              description="streams: until the first chunk")
+    first_byte_timeout_seconds: float = Field(
+        default=60, gt=0, description="streams: until the first chunk"
+    )
     max_attempts: int = Field(default=3, ge=1, le=8)
     cold_start_wait_seconds: float = Field(default=60, ge=0)
     max_waiting_requests: int = Field(default=64, ge=0)
@@ -175,13 +180,15 @@ class Discovery(Model):
     interval_seconds: float = Field(default=2.0, gt=0)
     demand_interval_seconds: float = Field(default=3.0, gt=0)
     wake_on_fallback: bool = Field(
-        default=True, description="also report demand for a cold expert whose request fell back")
+        default=True, description="also report demand for a cold expert whose request fell back"
+    )
 
 
 class RouterConfig(Model):
     listen: Listen = Field(default_factory=Listen)
-    models: list[str] = Field(default_factory=lambda: ["auto"],
-                              description="virtual model names that mean: route for me")
+    models: list[str] = Field(
+        default_factory=lambda: ["auto"], description="virtual model names that mean: route for me"
+    )
     experts: list[Expert] = Field(min_length=1)
     classifier: Classifier = Field(default_factory=Classifier)
     routes: list[Route] = Field(min_length=1)
@@ -202,8 +209,9 @@ class RouterConfig(Model):
             for intent in route.match.intents:
                 if intent not in intents:
                     raise ValueError(f"route {route.name}: unknown intent {intent!r}")
-        named += [(f"classifier stage {s.type}", s.expert) for s in self.classifier.stages
-                  if s.expert]
+        named += [
+            (f"classifier stage {s.type}", s.expert) for s in self.classifier.stages if s.expert
+        ]
         if self.baseline:
             named.append(("baseline", self.baseline))
         for where, name in named:

@@ -36,9 +36,14 @@ def parse_endpoints(payload: object) -> dict[str, ExpertLive]:
         for e in item.get("endpoints") or []:
             if not isinstance(e, dict) or not isinstance(e.get("url"), str):
                 raise ValueError(f"expert {name}: each endpoint needs a url")
-            endpoints.append(EndpointLive(
-                url=e["url"].rstrip("/"), ready=bool(e.get("ready", True)),
-                queue_depth=_int(e.get("queueDepth")), running=_int(e.get("running"))))
+            endpoints.append(
+                EndpointLive(
+                    url=e["url"].rstrip("/"),
+                    ready=bool(e.get("ready", True)),
+                    queue_depth=_int(e.get("queueDepth")),
+                    running=_int(e.get("running")),
+                )
+            )
         cold = item.get("coldStartSeconds")
         result[str(name)] = ExpertLive(
             ready_replicas=_int(item.get("readyReplicas")) or 0,
@@ -54,8 +59,7 @@ def _int(value: Any) -> int | None:
 
 
 def _base(cfg: DiscoveryConfig) -> str:
-    return (f"{cfg.url.rstrip('/')}/flock/v1/namespaces/{cfg.namespace}"
-            f"/routingpolicies/{cfg.policy}")
+    return f"{cfg.url.rstrip('/')}/flock/v1/namespaces/{cfg.namespace}/routingpolicies/{cfg.policy}"
 
 
 async def _auth(cfg: DiscoveryConfig) -> dict[str, str]:
@@ -67,9 +71,12 @@ async def _auth(cfg: DiscoveryConfig) -> dict[str, str]:
 class DiscoveryClient:
     """Polls the flock API, keeps the last good answer and holds requests for cold experts."""
 
-    def __init__(self, session: aiohttp.ClientSession,
-                 config: Callable[[], DiscoveryConfig | None], overload_depth: Callable[[], int]
-                 ) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: Callable[[], DiscoveryConfig | None],
+        overload_depth: Callable[[], int],
+    ) -> None:
         self._session = session
         self._config = config
         self._overload_depth = overload_depth
@@ -89,8 +96,9 @@ class DiscoveryClient:
         if cfg is None:
             return
         try:
-            async with self._session.get(f"{_base(cfg)}/endpoints", headers=await _auth(cfg),
-                                         timeout=_HTTP_TIMEOUT) as resp:
+            async with self._session.get(
+                f"{_base(cfg)}/endpoints", headers=await _auth(cfg), timeout=_HTTP_TIMEOUT
+            ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
                 self.snapshot = parse_endpoints(await resp.json(content_type=None))
@@ -120,9 +128,12 @@ class DiscoveryClient:
             return
         self._last_demand[expert] = time.monotonic()
         try:
-            async with self._session.post(f"{_base(cfg)}/demand", headers=await _auth(cfg),
-                                          json={"expert": expert, "waiting": waiting},
-                                          timeout=_HTTP_TIMEOUT) as resp:
+            async with self._session.post(
+                f"{_base(cfg)}/demand",
+                headers=await _auth(cfg),
+                json={"expert": expert, "waiting": waiting},
+                timeout=_HTTP_TIMEOUT,
+            ) as resp:
                 if resp.status != 202:
                     log.warning("demand for %s refused: HTTP %s", expert, resp.status)
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
@@ -145,8 +156,9 @@ class DiscoveryClient:
             cfg = self._config()
             await asyncio.sleep(cfg.demand_interval_seconds if cfg else 3.0)
 
-    async def wait_until_warm(self, expert: str, budget_seconds: float, max_waiting: int
-                              ) -> str | None:
+    async def wait_until_warm(
+        self, expert: str, budget_seconds: float, max_waiting: int
+    ) -> str | None:
         """Hold the request until the expert has a ready replica; None on success, else why."""
         if sum(self.holding.values()) >= max_waiting:
             return "too many requests waiting for cold experts"
@@ -154,7 +166,8 @@ class DiscoveryClient:
         task = self._demand_tasks.get(expert)
         if task is None or task.done():
             self._demand_tasks[expert] = asyncio.get_running_loop().create_task(
-                self._demand_loop(expert))
+                self._demand_loop(expert)
+            )
         self._poll_now.set()
         try:
             async with asyncio.timeout(budget_seconds):

@@ -30,10 +30,15 @@ from modelflock.router.upstream import (
     is_failing_status,
 )
 
-_BROKEN_EVENT = b'data: {"error": {"message": "the expert failed mid-stream", "type": ' \
+_BROKEN_EVENT = (
+    b'data: {"error": {"message": "the expert failed mid-stream", "type": '
     b'"server_error", "param": null, "code": "upstream_broken"}}\n\n'
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no"}
+)
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 @dataclass
@@ -68,8 +73,11 @@ class Job:
     @property
     def adds_logprobs(self) -> bool:
         """lowConfidence needs logprobs; ask for them even if the client did not."""
-        return (self.checks is not None and "lowConfidence" in self.checks.checks
-                and not self.parsed.wants_logprobs)
+        return (
+            self.checks is not None
+            and "lowConfidence" in self.checks.checks
+            and not self.parsed.wants_logprobs
+        )
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,10 @@ def build_payload(job: Job, expert: ExpertRuntime) -> bytes:
     body["model"] = expert.config.model  # the router rewrites the model to the expert's
     if job.parsed.stream and not job.parsed.wants_usage:
         options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                  "include_usage": True}
+        body["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
     if job.adds_logprobs:
         body["logprobs"] = True if job.parsed.kind == "chat" else 1
     return json.dumps(body, separators=(",", ":")).encode()
@@ -97,8 +107,10 @@ def _usage(payload: object) -> tuple[int, int]:
     if not isinstance(usage, dict):
         return 0, 0
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (prompt if isinstance(prompt, int) else 0,
-            completion if isinstance(completion, int) else 0)
+    return (
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+    )
 
 
 def _without_logprobs(payload: dict[str, Any]) -> bytes:
@@ -115,28 +127,28 @@ class Dispatcher:
 
     def _skip(self, job: Job, expert: str, reason: str, detail: str) -> None:
         job.reasons.append(f"{expert}: {detail}")
-        self.metrics.fallbacks.labels(job.route, expert, reason).inc()
+        self.metrics.fallbacks.inc((job.route, expert, reason))
 
     def charge(self, job: Job, expert: str, tokens: tuple[int, int], baseline: bool) -> None:
         """Tokens and cost of one answer; the baseline counterfactual only for the final one."""
         prompt, completion = tokens
         if not (prompt or completion) or expert not in job.state.experts:
             return
-        m, route = self.metrics, job.route
-        m.tokens.labels(route, expert, "input").inc(prompt)
-        m.tokens.labels(route, expert, "output").inc(completion)
-        prices = job.state.experts[expert].config.prices
-        m.cost.labels(route, expert).inc(float(prices.cost(prompt, completion)))
+        m, key = self.metrics, (job.route, expert)
+        m.tokens.inc((*key, "input"), prompt)
+        m.tokens.inc((*key, "output"), completion)
+        runtime = job.state.experts[expert]
+        m.cost.inc(key, runtime.cost(prompt, completion))
         if baseline:
-            base = job.state.baseline or prices
-            m.baseline_cost.labels(route, expert).inc(float(base.cost(prompt, completion)))
+            base = job.state.baseline or runtime
+            m.baseline_cost.inc(key, base.cost(prompt, completion))
 
     def account(self, job: Job, expert: str, code: int, tokens: tuple[int, int]) -> None:
         m, route = self.metrics, job.route
-        m.requests.labels(route, expert, job.intent, str(code)).inc()
-        m.latency.labels(route, expert).observe(asyncio.get_running_loop().time() - job.started)
+        m.requests.inc((route, expert, job.intent, str(code)))
+        m.latency.observe((route, expert), asyncio.get_running_loop().time() - job.started)
         if code >= 400:
-            m.errors.labels(route, expert, f"http_{code}").inc()
+            m.errors.inc((route, expert, f"http_{code}"))
         self.charge(job, expert, tokens, baseline=True)
 
     async def run(self, job: Job) -> web.StreamResponse:
@@ -161,13 +173,13 @@ class Dispatcher:
                     discovery.note_fallback(name)
                     i += 1
                     continue
-                gauge = self.metrics.waiting.labels(name)
-                gauge.inc()
+                self.metrics.waiting.add((name,), 1)
                 try:
-                    why = await discovery.wait_until_warm(name, budget,
-                                                          defaults.max_waiting_requests)
+                    why = await discovery.wait_until_warm(
+                        name, budget, defaults.max_waiting_requests
+                    )
                 finally:
-                    gauge.dec()
+                    self.metrics.waiting.add((name,), -1)
                 if why is not None:
                     self._skip(job, name, "cold", f"cold, {why}")
                     i += 1
@@ -185,16 +197,16 @@ class Dispatcher:
                     return await self._stream(job, expert, deadline)
                 answer = await self._once(job, expert, deadline)
             except UpstreamFailure as failure:
-                self.metrics.attempts.labels(name, failure.kind).inc()
+                self.metrics.attempts.inc((name, failure.kind))
                 self._skip(job, name, failure.kind, failure.detail)
                 i += 1
                 continue
-            self.metrics.attempts.labels(name, "ok").inc()
+            self.metrics.attempts.inc((name, "ok"))
             if answer.status == 200 and job.checks is not None and i < job.cascade_len - 1:
                 check = failed_check(answer.payload, job.checks, job.parsed.wants_json)
                 if check is not None:
                     job.escalations += 1
-                    self.metrics.escalations.labels(job.route, name, seq[i + 1], check).inc()
+                    self.metrics.escalations.inc((job.route, name, seq[i + 1], check))
                     job.reasons.append(f"{name}: escalated ({check})")
                     if rejected is not None:  # superseded: its tokens were still paid for
                         self.charge(job, rejected[0], _usage(rejected[1].payload), False)
@@ -208,15 +220,15 @@ class Dispatcher:
             return self._respond(job, *rejected)
         self.account(job, "none", 503, (0, 0))
         message = "no expert could serve the request: " + "; ".join(job.reasons or ["none"])
-        return error_response(503, message, code="all_experts_failed",
-                              headers=job.headers("none"))
+        return error_response(503, message, code="all_experts_failed", headers=job.headers("none"))
 
     def _respond(self, job: Job, expert: str, answer: Answer) -> web.Response:
         body = answer.body
         if job.adds_logprobs and isinstance(answer.payload, dict):
             body = _without_logprobs(answer.payload)
-        self.metrics.ttfb.labels(job.route, expert).observe(
-            asyncio.get_running_loop().time() - job.started)
+        self.metrics.ttfb.observe(
+            (job.route, expert), asyncio.get_running_loop().time() - job.started
+        )
         self.account(job, expert, answer.status, _usage(answer.payload))
         response = web.Response(status=answer.status, body=body, headers=job.headers(expert))
         response.content_type = answer.content_type or "application/json"
@@ -227,13 +239,14 @@ class Dispatcher:
         self.upstream.outstanding.acquire(base)
         loop = asyncio.get_running_loop()
         # For a non-streaming answer the first byte is the whole answer.
-        first_byte_by = min(deadline,
-                            loop.time() + job.state.config.defaults.first_byte_timeout_seconds)
+        first_byte_by = min(
+            deadline, loop.time() + job.state.config.defaults.first_byte_timeout_seconds
+        )
         try:
             async with asyncio.timeout_at(first_byte_by):
                 async with self.upstream.session.post(
-                        api_url(base, job.path), data=build_payload(job, expert),
-                        headers=expert.headers) as resp:
+                    api_url(base, job.path), data=build_payload(job, expert), headers=expert.headers
+                ) as resp:
                     body = await resp.read()
                     status, content_type = resp.status, resp.content_type
         except TimeoutError:
@@ -252,8 +265,7 @@ class Dispatcher:
             payload = None
         return Answer(status, body, content_type, payload)
 
-    async def _stream(self, job: Job, expert: ExpertRuntime, deadline: float
-                      ) -> web.StreamResponse:
+    async def _stream(self, job: Job, expert: ExpertRuntime, deadline: float) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         defaults = job.state.config.defaults
         base = self.upstream.endpoint(expert)
@@ -265,8 +277,10 @@ class Dispatcher:
             try:
                 async with asyncio.timeout_at(first_byte_by):
                     resp = await self.upstream.session.post(
-                        api_url(base, job.path), data=build_payload(job, expert),
-                        headers=expert.headers)
+                        api_url(base, job.path),
+                        data=build_payload(job, expert),
+                        headers=expert.headers,
+                    )
                     if is_failing_status(resp.status):
                         raise UpstreamFailure("status", f"HTTP {resp.status}")
                     if resp.status != 200:  # the client's own mistake: pass it on
@@ -280,11 +294,11 @@ class Dispatcher:
                 raise UpstreamFailure("connect", str(exc) or type(exc).__name__) from None
             if not first:
                 raise UpstreamFailure("protocol", "empty stream")
-            self.metrics.attempts.labels(expert.name, "ok").inc()
+            self.metrics.attempts.inc((expert.name, "ok"))
             # Committed: from here on, no fallback.
             out = web.StreamResponse(headers={**_SSE_HEADERS, **job.headers(expert.name)})
             await out.prepare(job.request)
-            self.metrics.ttfb.labels(job.route, expert.name).observe(loop.time() - job.started)
+            self.metrics.ttfb.observe((job.route, expert.name), loop.time() - job.started)
             finished = await self._relay(job, expert.name, resp, first, out, deadline)
             return out
         finally:
@@ -295,8 +309,15 @@ class Dispatcher:
                     resp.close()  # closes the connection: the engine aborts the request
             self.upstream.outstanding.release(base)
 
-    async def _relay(self, job: Job, expert: str, resp: aiohttp.ClientResponse, first: bytes,
-                     out: web.StreamResponse, deadline: float) -> bool:
+    async def _relay(
+        self,
+        job: Job,
+        expert: str,
+        resp: aiohttp.ClientResponse,
+        first: bytes,
+        out: web.StreamResponse,
+        deadline: float,
+    ) -> bool:
         """Copy the stream chunk by chunk; True when it ended normally."""
         scanner = SseScanner(strip_usage=not job.parsed.wants_usage)
         kind = "ok"
@@ -324,9 +345,11 @@ class Dispatcher:
                 await out.write(_BROKEN_EVENT)
                 await out.write_eof()
         finally:
-            tokens = (scanner.usage or {}).get("prompt_tokens", 0), (
-                (scanner.usage or {}).get("completion_tokens", scanner.content_events))
+            tokens = (
+                (scanner.usage or {}).get("prompt_tokens", 0),
+                ((scanner.usage or {}).get("completion_tokens", scanner.content_events)),
+            )
             self.account(job, expert, 200, tokens)
             if kind != "ok":
-                self.metrics.errors.labels(job.route, expert, kind).inc()
+                self.metrics.errors.inc((job.route, expert, kind))
         return kind == "ok"

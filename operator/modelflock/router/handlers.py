@@ -35,29 +35,40 @@ def openai_endpoint(kind: Kind, path: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         state, metrics = app[HOLDER].current, app[METRICS]
-        metrics.in_flight.inc()
+        metrics.in_flight.add((), 1)
         try:
             try:
                 raw = await read_body(request, state.config.defaults.max_body_bytes)
                 parsed = parse_request(raw, kind)
                 job = await plan_job(request, parsed, state, path, metrics)
             except RequestError as err:
-                metrics.requests.labels("none", "none", "none", str(err.status)).inc()
-                metrics.errors.labels("none", "none", f"http_{err.status}").inc()
+                metrics.requests.inc(("none", "none", "none", str(err.status)))
+                metrics.errors.inc(("none", "none", f"http_{err.status}"))
                 return from_request_error(err)
             return await app[DISPATCHER].run(job)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight.add((), -1)
 
     return handle
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
     state = request.app[HOLDER].current
-    data = [{"id": m, "object": "model", "created": 0, "owned_by": "modelflock"}
-            for m in sorted(state.routed_models)]
-    data += [{"id": e.name, "object": "model", "created": 0, "owned_by": "modelflock-expert",
-              "tier": e.tier, "capabilities": e.capabilities} for e in state.config.experts]
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "modelflock"}
+        for m in sorted(state.routed_models)
+    ]
+    data += [
+        {
+            "id": e.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "modelflock-expert",
+            "tier": e.tier,
+            "capabilities": e.capabilities,
+        }
+        for e in state.config.experts
+    ]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -76,8 +87,7 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
-    return error_response(404, f"unknown path {request.method} {request.path}",
-                          code="unknown_url")
+    return error_response(404, f"unknown path {request.method} {request.path}", code="unknown_url")
 
 
 def add_routes(app: web.Application) -> None:
@@ -89,5 +99,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", "/{tail:.*}", not_found)
-
-

@@ -19,17 +19,38 @@ def _unknown_model(model: str) -> RequestError:
     return RequestError(404, f"The model `{model}` does not exist.", "model", "model_not_found")
 
 
-async def plan_job(request: web.Request, parsed: ParsedRequest, state: RouterState, path: str,
-                   metrics: RouterMetrics) -> Job:
+async def plan_job(
+    request: web.Request,
+    parsed: ParsedRequest,
+    state: RouterState,
+    path: str,
+    metrics: RouterMetrics,
+) -> Job:
     started = asyncio.get_running_loop().time()
     model = parsed.model
 
-    def job(route: str, intent: str, classifier: str, sequence: list[str],
-            cascade_len: int = 1, cascade_route: str | None = None) -> Job:
+    def job(
+        route: str,
+        intent: str,
+        classifier: str,
+        sequence: list[str],
+        cascade_len: int = 1,
+        cascade_route: str | None = None,
+    ) -> Job:
         checks = state.checks.get(cascade_route) if cascade_route and not parsed.stream else None
-        return Job(request=request, parsed=parsed, state=state, path=path, route=route,
-                   intent=intent, classifier=classifier, sequence=sequence,
-                   cascade_len=cascade_len, checks=checks, started=started)
+        return Job(
+            request=request,
+            parsed=parsed,
+            state=state,
+            path=path,
+            route=route,
+            intent=intent,
+            classifier=classifier,
+            sequence=sequence,
+            cascade_len=cascade_len,
+            checks=checks,
+            started=started,
+        )
 
     if parsed.kind == "embedding":
         if model in state.experts:
@@ -43,12 +64,17 @@ async def plan_job(request: web.Request, parsed: ParsedRequest, state: RouterSta
         raise _unknown_model(model)
     features = Features(parsed.prompt, parsed.total_chars, model, request.headers)
     decision = await state.chain.classify(features)
-    metrics.decisions.labels(decision.classifier, decision.intent).inc()
+    metrics.decisions.inc((decision.classifier, decision.intent))
     for outcome in decision.trail:
-        metrics.stage_seconds.labels(outcome.stage, outcome.outcome).observe(outcome.seconds)
+        metrics.stage_seconds.observe((outcome.stage, outcome.outcome), outcome.seconds)
     route = select_route(state.config.routes, decision.intent, model, request.headers)
     if route is None:
-        raise RequestError(503, f"no route matches intent `{decision.intent}`",
-                           code="no_route")
-    return job(route.name, decision.intent, decision.classifier, candidate_sequence(route),
-               len(route.primary), route.name if route.cascade else None)
+        raise RequestError(503, f"no route matches intent `{decision.intent}`", code="no_route")
+    return job(
+        route.name,
+        decision.intent,
+        decision.classifier,
+        candidate_sequence(route),
+        len(route.primary),
+        route.name if route.cascade else None,
+    )

@@ -81,23 +81,48 @@ def total(rows: list[RouteRow]) -> RouteRow:
 
 
 def format_table(rows: list[RouteRow]) -> str:
-    header = ("route", "requests", "in tok", "out tok", "cost $", "$/query", "baseline $",
-              "savings", "escal.", "fallb.")
+    header = (
+        "route",
+        "requests",
+        "in tok",
+        "out tok",
+        "cost $",
+        "$/query",
+        "baseline $",
+        "savings",
+        "escal.",
+        "fallb.",
+    )
     lines = [header]
     for r in [*rows, total(rows)]:
-        lines.append((r.route, f"{r.requests:.0f}", f"{r.input_tokens:.0f}",
-                      f"{r.output_tokens:.0f}", f"{r.cost:.6f}", f"{r.cost_per_query:.8f}",
-                      f"{r.baseline_cost:.6f}", f"{r.savings:.1%}", f"{r.escalations:.0f}",
-                      f"{r.fallbacks:.0f}"))
+        lines.append(
+            (
+                r.route,
+                f"{r.requests:.0f}",
+                f"{r.input_tokens:.0f}",
+                f"{r.output_tokens:.0f}",
+                f"{r.cost:.6f}",
+                f"{r.cost_per_query:.8f}",
+                f"{r.baseline_cost:.6f}",
+                f"{r.savings:.1%}",
+                f"{r.escalations:.0f}",
+                f"{r.fallbacks:.0f}",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-                     for line in lines)
+    return "\n".join(
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("report", help="cost per query and savings from router metrics",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "report", help="cost per query and savings from router metrics", description=__doc__
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--url", help="a router's metrics URL, e.g. http://127.0.0.1:8787/metrics")
     source.add_argument("--file", type=Path, help="a saved metrics text file")

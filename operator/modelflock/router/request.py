@@ -28,8 +28,11 @@ def _content_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content
-                        if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
     return ""
 
 
@@ -91,10 +94,17 @@ def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     response_format = body.get("response_format")
     wants_json = isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object", "json_schema")
+        "json_object",
+        "json_schema",
+    )
     logprobs = body.get("logprobs")
     return ParsedRequest(
-        kind=kind, body=body, model=model, prompt=prompt, total_chars=total, stream=stream,
+        kind=kind,
+        body=body,
+        model=model,
+        prompt=prompt,
+        total_chars=total,
+        stream=stream,
         wants_usage=wants_usage,
         wants_logprobs=bool(logprobs) and logprobs is not None,
         wants_json=wants_json,

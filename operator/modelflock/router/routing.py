@@ -16,8 +16,9 @@ def route_matches(route: Route, intent: str, model: str, headers: Mapping[str, s
     return all(headers.get(h.name) == h.value for h in m.headers)
 
 
-def select_route(routes: Sequence[Route], intent: str, model: str,
-                 headers: Mapping[str, str]) -> Route | None:
+def select_route(
+    routes: Sequence[Route], intent: str, model: str, headers: Mapping[str, str]
+) -> Route | None:
     for route in routes:
         if route_matches(route, intent, model, headers):
             return route

@@ -37,7 +37,7 @@ class SseScanner:
         kept: list[bytes] = []
         start = 0
         while (end := buf.find(b"\n\n", start)) >= 0:
-            event = buf[start:end + 2]
+            event = buf[start : end + 2]
             start = end + 2
             if self._keep(event):
                 kept.append(event)

@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from modelflock.router.classify.chain import ClassifierChain, RulesStage, Stage
 from modelflock.router.classify.embedding import EmbeddingStage
 from modelflock.router.classify.llm import LlmStage
 from modelflock.router.classify.rules import compile_rules
-from modelflock.router.config import Prices, RouterConfig, load_config
+from modelflock.router.config import RouterConfig, load_config
 from modelflock.router.upstream import ExpertRuntime, Upstream, upstream_headers
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class RouterState:
     checks: dict[str, CompiledChecks]  # by route name, for cascades
     routed_models: frozenset[str]  # model names that mean "classify and route"
     embedding_expert: str | None
-    baseline: Prices | None
+    baseline: ExpertRuntime | None
     fingerprint: str
 
 
@@ -59,8 +60,7 @@ def fingerprint(files: list[Path]) -> str:
 
 def read_keys(config: RouterConfig) -> dict[str, str]:
     """API keys of external experts from their mounted Secret files (blocking: use a thread)."""
-    return {e.name: e.api_key_file.read_text().strip() for e in config.experts
-            if e.api_key_file}
+    return {e.name: e.api_key_file.read_text().strip() for e in config.experts if e.api_key_file}
 
 
 def load_files(path: Path) -> tuple[RouterConfig, dict[str, str], str]:
@@ -70,12 +70,20 @@ def load_files(path: Path) -> tuple[RouterConfig, dict[str, str], str]:
 
 
 def _experts(config: RouterConfig, keys: dict[str, str]) -> dict[str, ExpertRuntime]:
-    return {e.name: ExpertRuntime(config=e, headers=upstream_headers(keys.get(e.name)))
-            for e in config.experts}
+    return {
+        e.name: ExpertRuntime(
+            config=e,
+            headers=upstream_headers(keys.get(e.name)),
+            input_price=float(Decimal(e.prices.input_per_million) / 1_000_000),
+            output_price=float(Decimal(e.prices.output_per_million) / 1_000_000),
+        )
+        for e in config.experts
+    }
 
 
-def _chain(config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Upstream
-           ) -> ClassifierChain:
+def _chain(
+    config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Upstream
+) -> ClassifierChain:
     intents = config.classifier.intents
     stages: list[Stage] = []
     for stage in config.classifier.stages:
@@ -85,11 +93,12 @@ def _chain(config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Up
         elif stage.type == "embedding":
             expert = experts[str(stage.expert)]
 
-            async def embed(texts: list[str], expert: ExpertRuntime = expert
-                            ) -> list[list[float]]:
-                body = await upstream.call_json(expert, "/embeddings", {
-                    "model": expert.config.model, "input": texts,
-                    "encoding_format": "float"})
+            async def embed(texts: list[str], expert: ExpertRuntime = expert) -> list[list[float]]:
+                body = await upstream.call_json(
+                    expert,
+                    "/embeddings",
+                    {"model": expert.config.model, "input": texts, "encoding_format": "float"},
+                )
                 data = sorted(body["data"], key=lambda d: d["index"])
                 return [list(map(float, d["embedding"])) for d in data]
 
@@ -98,10 +107,15 @@ def _chain(config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Up
         else:
             expert = experts[str(stage.expert)]
 
-            async def ask(messages: list[dict[str, Any]], labels: list[str],
-                          expert: ExpertRuntime = expert) -> str:
-                payload: dict[str, Any] = {"model": expert.config.model, "messages": messages,
-                                           "max_tokens": 8, "temperature": 0}
+            async def ask(
+                messages: list[dict[str, Any]], labels: list[str], expert: ExpertRuntime = expert
+            ) -> str:
+                payload: dict[str, Any] = {
+                    "model": expert.config.model,
+                    "messages": messages,
+                    "max_tokens": 8,
+                    "temperature": 0,
+                }
                 if expert.config.engine == "vllm":
                     # Constrained decoding: the engine can only answer one of the labels.
                     payload["structured_outputs"] = {"choice": labels}
@@ -115,8 +129,9 @@ def _chain(config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Up
     return ClassifierChain(stages, config.classifier.default_intent)
 
 
-def build_state(config: RouterConfig, keys: dict[str, str], upstream: Upstream,
-                fingerprint_: str) -> RouterState:
+def build_state(
+    config: RouterConfig, keys: dict[str, str], upstream: Upstream, fingerprint_: str
+) -> RouterState:
     experts = _experts(config, keys)
     routed = set(config.models)
     for route in config.routes:
@@ -132,7 +147,7 @@ def build_state(config: RouterConfig, keys: dict[str, str], upstream: Upstream,
         checks={r.name: compile_checks(r.cascade) for r in config.routes if r.cascade},
         routed_models=frozenset(routed),
         embedding_expert=embedders[0] if embedders else None,
-        baseline=config.expert(config.baseline).prices if config.baseline else None,
+        baseline=experts[config.baseline] if config.baseline else None,
         fingerprint=fingerprint_,
     )
 
@@ -140,8 +155,11 @@ def build_state(config: RouterConfig, keys: dict[str, str], upstream: Upstream,
 def warm_up(state: RouterState) -> list[asyncio.Task[Any]]:
     """Compute the embedding stage's example vectors in the background, not on a request."""
     loop = asyncio.get_running_loop()
-    return [loop.create_task(s.example_vectors()) for s in state.chain.stages
-            if isinstance(s, EmbeddingStage)]
+    return [
+        loop.create_task(s.example_vectors())
+        for s in state.chain.stages
+        if isinstance(s, EmbeddingStage)
+    ]
 
 
 class StateHolder:

@@ -36,6 +36,13 @@ class ExpertRuntime:
 
     config: Expert
     headers: Mapping[str, str] = field(repr=False)
+    # USD per token as floats: Prometheus counters are floats anyway; exact Decimal
+    # arithmetic per request would cost more than the rest of the accounting.
+    input_price: float = 0.0
+    output_price: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return input_tokens * self.input_price + output_tokens * self.output_price
 
     @property
     def name(self) -> str:
@@ -67,17 +74,20 @@ class Upstream:
         live = self.discovery.live(expert.name) if self.discovery else None
         if live is not None and any(e.ready for e in live.endpoints):
             return choose_endpoint(live.endpoints, self.outstanding)
-        return choose_endpoint([EndpointLive(u.rstrip("/")) for u in expert.config.urls],
-                               self.outstanding)
+        return choose_endpoint(
+            [EndpointLive(u.rstrip("/")) for u in expert.config.urls], self.outstanding
+        )
 
-    async def call_json(self, expert: ExpertRuntime, path: str, payload: dict[str, Any]
-                        ) -> dict[str, Any]:
+    async def call_json(
+        self, expert: ExpertRuntime, path: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         """A small internal call (classifier stages); the caller bounds its time."""
         base = self.endpoint(expert)
         self.outstanding.acquire(base)
         try:
-            async with self.session.post(api_url(base, path), data=json.dumps(payload),
-                                         headers=expert.headers) as resp:
+            async with self.session.post(
+                api_url(base, path), data=json.dumps(payload), headers=expert.headers
+            ) as resp:
                 if resp.status != 200:
                     raise UpstreamFailure("status", f"HTTP {resp.status} from {expert.name}")
                 body = await resp.json(content_type=None)

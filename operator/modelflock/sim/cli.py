@@ -8,15 +8,16 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from modelflock.sim.config import Behaviour, SimSettings
+from modelflock.sim.config import Behaviour, FailMode, SimSettings
 from modelflock.sim.server import SimServer
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("engine-sim", help="run a simulated vLLM/TGI engine",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "engine-sim", help="run a simulated vLLM/TGI engine", description=__doc__
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--flavour", choices=["vllm", "tgi"], default="vllm")
@@ -31,8 +32,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--embedding-dim", type=int, default=64)
     p.add_argument("--api-key-file", type=Path, help="require this bearer token")
     p.add_argument("--legacy-kv-metric", action="store_true")
-    p.add_argument("--fail-mode", default="ok",
-                   choices=list(Behaviour.model_fields["mode"].annotation.__args__))  # type: ignore[union-attr]
+    p.add_argument(
+        "--fail-mode",
+        default="ok",
+        choices=list(get_args(FailMode)),
+    )
     p.add_argument("--fail-status", type=int, default=500)
     p.add_argument("--first-byte-delay", type=float, default=0.0, help="seconds")
     p.add_argument("--not-ready", action="store_true", help="/health answers 503")
@@ -55,9 +59,12 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         embedding_dim=args.embedding_dim,
         api_key=key,
         legacy_kv_metric=args.legacy_kv_metric,
-        behaviour=Behaviour(mode=args.fail_mode, status=args.fail_status,
-                            first_byte_delay_seconds=args.first_byte_delay,
-                            ready=not args.not_ready),
+        behaviour=Behaviour(
+            mode=args.fail_mode,
+            status=args.fail_status,
+            first_byte_delay_seconds=args.first_byte_delay,
+            ready=not args.not_ready,
+        ),
     )
 
 
@@ -79,8 +86,10 @@ async def _serve(settings: SimSettings, host: str, port: int) -> None:
     server = SimServer(settings)
     await server.start(host, port)
     # Printed so a parent process using --port 0 learns the address.
-    print(f"engine-sim {settings.flavour} model={settings.model} listening on {server.url}",
-          flush=True)
+    print(
+        f"engine-sim {settings.flavour} model={settings.model} listening on {server.url}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

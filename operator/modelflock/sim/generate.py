@@ -13,8 +13,9 @@ from modelflock.sim.text import REFUSAL_TEXT, count_tokens, generate_words
 class BadRequest(Exception):
     """An invalid request: answered with an OpenAI-shaped error."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, message: str, status: int = 400, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -53,7 +54,8 @@ def message_text(content: object) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            str(part.get("text", "")) for part in content
+            str(part.get("text", ""))
+            for part in content
             if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
@@ -85,8 +87,12 @@ def parse_job(body: object, chat: bool, served_model: str) -> Job:
     if not isinstance(model, str):
         raise BadRequest("'model' is required", param="model")
     if model != served_model:
-        raise BadRequest(f"The model `{model}` does not exist.", status=404, param="model",
-                         code="model_not_found")
+        raise BadRequest(
+            f"The model `{model}` does not exist.",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
     text = _prompt_text(body, chat)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
@@ -102,7 +108,9 @@ def parse_job(body: object, chat: bool, served_model: str) -> Job:
         top = logprobs_field if isinstance(logprobs_field, int) and logprobs else 0
     response_format = body.get("response_format") or {}
     json_mode = isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object", "json_schema")
+        "json_object",
+        "json_schema",
+    )
     return Job(
         chat=chat,
         model=model,
@@ -125,10 +133,16 @@ def _pieces(text: str) -> list[str]:
 
 def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output:
     """The answer for `job` under `behaviour`: deterministic in the prompt."""
-    wanted = settings.output_tokens if job.max_tokens is None else min(
-        job.max_tokens, settings.output_tokens)
-    finish = "length" if job.max_tokens is not None and job.max_tokens < settings.output_tokens \
+    wanted = (
+        settings.output_tokens
+        if job.max_tokens is None
+        else min(job.max_tokens, settings.output_tokens)
+    )
+    finish = (
+        "length"
+        if job.max_tokens is not None and job.max_tokens < settings.output_tokens
         else "stop"
+    )
     logprob = -2.5 if behaviour.mode == "low_confidence" else -0.01
     for needle, reply in behaviour.replies.items():
         if needle in job.prompt_text:

@@ -27,8 +27,11 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=status,
-                        content_type="application/json")
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+    )
 
 
 def _bad(err: BadRequest) -> web.Response:
@@ -65,8 +68,10 @@ async def _pre_answer(state: SimState, request: web.Request) -> web.StreamRespon
         return web.Response(status=500)
     if behaviour.mode == "error":
         state.counters.failures += 1
-        return _json(error_body("simulated failure", "InternalServerError", None,
-                                behaviour.status), behaviour.status)
+        return _json(
+            error_body("simulated failure", "InternalServerError", None, behaviour.status),
+            behaviour.status,
+        )
     queue = state.queue
     if queue.running + queue.waiting >= state.settings.max_concurrent:
         state.counters.failures += 1
@@ -76,8 +81,9 @@ async def _pre_answer(state: SimState, request: web.Request) -> web.StreamRespon
     return None
 
 
-def _account(state: SimState, job: Job, out: Output, started: float, admitted: float,
-             first_token: float) -> None:
+def _account(
+    state: SimState, job: Job, out: Output, started: float, admitted: float, first_token: float
+) -> None:
     c = state.counters
     now = time.monotonic()
     c.prompt_tokens += job.prompt_tokens
@@ -119,11 +125,17 @@ async def _generate(state: SimState, request: web.Request, job: Job) -> web.Stre
         for i, piece in enumerate(out.tokens):
             if i and not instant and settings.decode_seconds_per_token:
                 await asyncio.sleep(settings.decode_seconds_per_token)
-            await response.write(_sse(stream_chunk(job, rid, created, piece, None, out.logprob,
-                                                   offset)))
+            await response.write(
+                _sse(stream_chunk(job, rid, created, piece, None, out.logprob, offset))
+            )
             offset += len(piece)
-        await response.write(_sse(stream_chunk(job, rid, created, "" if job.chat else None,
-                                               out.finish_reason, out.logprob)))
+        await response.write(
+            _sse(
+                stream_chunk(
+                    job, rid, created, "" if job.chat else None, out.finish_reason, out.logprob
+                )
+            )
+        )
         if job.include_usage:
             await response.write(_sse(usage_chunk(job, rid, created, len(out.tokens))))
         await response.write(b"data: [DONE]\n\n")
@@ -177,34 +189,45 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     try:
         body = await _read_json(request)
         if not isinstance(body, dict) or body.get("model") != state.settings.model:
-            raise BadRequest("unknown or missing model", status=404, param="model",
-                             code="model_not_found")
+            raise BadRequest(
+                "unknown or missing model", status=404, param="model", code="model_not_found"
+            )
         raw = body.get("input")
         texts = [raw] if isinstance(raw, str) else raw
         if not isinstance(texts, list) or not texts:
             raise BadRequest("'input' must be a string or a non-empty list", param="input")
-        strings = [t if isinstance(t, str) else " ".join(map(str, t)) if isinstance(t, list)
-                   else str(t) for t in texts]
+        strings = [
+            t if isinstance(t, str) else " ".join(map(str, t)) if isinstance(t, list) else str(t)
+            for t in texts
+        ]
     except BadRequest as err:
         return _bad(err)
     as_base64 = body.get("encoding_format") == "base64"
     dim = state.settings.embedding_dim
     tokens = sum(count_tokens(s) for s in strings)
     state.stats.completed += 1
-    return _json({
-        "object": "list",
-        "data": [embedding_item(i, embed(s, dim), as_base64) for i, s in enumerate(strings)],
-        "model": state.settings.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })
+    return _json(
+        {
+            "object": "list",
+            "data": [embedding_item(i, embed(s, dim), as_base64) for i, s in enumerate(strings)],
+            "model": state.settings.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 async def models(request: web.Request) -> web.StreamResponse:
     state = request.app[SIM_STATE]
     owner = "vllm" if state.settings.flavour == "vllm" else "text-generation-inference"
     name = state.settings.model
-    return _json({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": owner, "root": name}]})
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": owner, "root": name}
+            ],
+        }
+    )
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -214,10 +237,19 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     state = request.app[SIM_STATE]
-    text = render(state.settings.flavour, state.counters, state.gauges(), state.settings.model,
-                  state.settings.legacy_kv_metric)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    text = render(
+        state.settings.flavour,
+        state.counters,
+        state.gauges(),
+        state.settings.model,
+        state.settings.legacy_kv_metric,
+    )
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def get_behaviour(request: web.Request) -> web.StreamResponse:

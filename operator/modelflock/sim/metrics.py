@@ -11,8 +11,27 @@ from dataclasses import dataclass, field
 
 from modelflock.sim.config import Flavour
 
-_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 _TOKEN_BUCKETS = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0)
 
 
@@ -105,8 +124,9 @@ class _Writer:
 
 def render_vllm(c: EngineCounters, g: Gauges, model: str, legacy_kv: bool) -> str:
     w = _Writer({"model_name": model, "engine": "0"})
-    w.gauge("vllm:num_requests_running", g.running,
-            "Number of requests in model execution batches.")
+    w.gauge(
+        "vllm:num_requests_running", g.running, "Number of requests in model execution batches."
+    )
     w.gauge("vllm:num_requests_waiting", g.waiting, "Number of requests waiting to be processed.")
     kv_name = "vllm:gpu_cache_usage_perc" if legacy_kv else "vllm:kv_cache_usage_perc"
     w.gauge(kv_name, g.kv_usage, "KV-cache usage. 1 means 100 percent usage.")
@@ -120,16 +140,23 @@ def render_vllm(c: EngineCounters, g: Gauges, model: str, legacy_kv: bool) -> st
     w.sample("vllm:request_success_total", c.success_stop, {"finished_reason": "stop"})
     w.sample("vllm:request_success_total", c.success_length, {"finished_reason": "length"})
     w.histogram("vllm:time_to_first_token_seconds", c.ttft, "Histogram of time to first token.")
-    w.histogram("vllm:inter_token_latency_seconds", c.inter_token,
-                "Histogram of inter-token latency in seconds.")
-    w.histogram("vllm:e2e_request_latency_seconds", c.e2e,
-                "Histogram of e2e request latency in seconds.")
-    w.histogram("vllm:request_queue_time_seconds", c.queue_time,
-                "Histogram of time spent in WAITING phase for request.")
-    w.histogram("vllm:request_prompt_tokens", c.input_length,
-                "Number of prefill tokens processed.")
-    w.histogram("vllm:request_generation_tokens", c.generated,
-                "Number of generation tokens processed.")
+    w.histogram(
+        "vllm:inter_token_latency_seconds",
+        c.inter_token,
+        "Histogram of inter-token latency in seconds.",
+    )
+    w.histogram(
+        "vllm:e2e_request_latency_seconds", c.e2e, "Histogram of e2e request latency in seconds."
+    )
+    w.histogram(
+        "vllm:request_queue_time_seconds",
+        c.queue_time,
+        "Histogram of time spent in WAITING phase for request.",
+    )
+    w.histogram("vllm:request_prompt_tokens", c.input_length, "Number of prefill tokens processed.")
+    w.histogram(
+        "vllm:request_generation_tokens", c.generated, "Number of generation tokens processed."
+    )
     return w.text()
 
 
@@ -149,8 +176,9 @@ def render_tgi(c: EngineCounters, g: Gauges) -> str:
     w.histogram("tgi_request_queue_duration", c.queue_time, "Time spent in the queue")
     w.histogram("tgi_request_input_length", c.input_length, "Input length in tokens")
     w.histogram("tgi_request_generated_tokens", c.generated, "Generated tokens")
-    w.histogram("tgi_request_mean_time_per_token_duration", c.inter_token,
-                "Mean time per generated token")
+    w.histogram(
+        "tgi_request_mean_time_per_token_duration", c.inter_token, "Mean time per generated token"
+    )
     return w.text()
 
 

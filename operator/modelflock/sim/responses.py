@@ -9,34 +9,47 @@ from typing import Any
 from modelflock.sim.generate import Job, Output
 
 
-def error_body(message: str, err_type: str, param: str | None = None,
-               code: str | int | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, err_type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _top(token: str, logprob: float, count: int) -> list[dict[str, Any]]:
     alternatives = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
     for i in range(1, count):
         alt = f" alt{i}"
-        alternatives.append({"token": alt, "logprob": logprob - 2.0 * i,
-                             "bytes": list(alt.encode())})
+        alternatives.append(
+            {"token": alt, "logprob": logprob - 2.0 * i, "bytes": list(alt.encode())}
+        )
     return alternatives[:count]
 
 
 def chat_logprobs(tokens: list[str], logprob: float, top: int) -> dict[str, Any]:
-    return {"content": [
-        {"token": t, "logprob": logprob, "bytes": list(t.encode()),
-         "top_logprobs": _top(t, logprob, top)} for t in tokens
-    ]}
+    return {
+        "content": [
+            {
+                "token": t,
+                "logprob": logprob,
+                "bytes": list(t.encode()),
+                "top_logprobs": _top(t, logprob, top),
+            }
+            for t in tokens
+        ]
+    }
 
 
-def completion_logprobs(tokens: list[str], logprob: float, top: int, offset: int = 0
-                        ) -> dict[str, Any]:
+def completion_logprobs(
+    tokens: list[str], logprob: float, top: int, offset: int = 0
+) -> dict[str, Any]:
     offsets, position = [], offset
     for t in tokens:
         offsets.append(position)
@@ -44,8 +57,9 @@ def completion_logprobs(tokens: list[str], logprob: float, top: int, offset: int
     return {
         "tokens": tokens,
         "token_logprobs": [logprob] * len(tokens),
-        "top_logprobs": [{e["token"]: e["logprob"] for e in _top(t, logprob, top)}
-                         for t in tokens] if top else None,
+        "top_logprobs": [{e["token"]: e["logprob"] for e in _top(t, logprob, top)} for t in tokens]
+        if top
+        else None,
         "text_offset": offsets,
     }
 
@@ -71,13 +85,21 @@ def full_response(job: Job, out: Output, rid: str, created: int) -> dict[str, An
     }
 
 
-def stream_chunk(job: Job, rid: str, created: int, piece: str | None, finish: str | None,
-                 logprob: float, offset: int = 0) -> dict[str, Any]:
+def stream_chunk(
+    job: Job,
+    rid: str,
+    created: int,
+    piece: str | None,
+    finish: str | None,
+    logprob: float,
+    offset: int = 0,
+) -> dict[str, Any]:
     """One SSE chunk carrying `piece` (None: the opening role-only chunk of a chat stream)."""
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
     if job.chat:
-        choice["delta"] = {"role": "assistant", "content": ""} if piece is None else {
-            "content": piece}
+        choice["delta"] = (
+            {"role": "assistant", "content": ""} if piece is None else {"content": piece}
+        )
         if job.logprobs and piece:
             choice["logprobs"] = chat_logprobs([piece], logprob, job.top_logprobs)
     else:

@@ -27,8 +27,9 @@ class SimServer:
         self.app = build_app(settings)
         # Cancel the handler when the client disconnects, as the real engines abort requests.
         # A short shutdown: stop() is how tests kill an engine, streams included.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=0.2)
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=0.2
+        )
         self.host = ""
         self.port = 0
         self._stopped = False
@@ -54,7 +55,8 @@ class SimServer:
 
     def set_behaviour(self, **changes: Any) -> Behaviour:
         self.state.behaviour = Behaviour.model_validate(
-            {**self.state.behaviour.model_dump(), **changes})
+            {**self.state.behaviour.model_dump(), **changes}
+        )
         return self.state.behaviour
 
     async def stop(self) -> None:
@@ -65,8 +67,9 @@ class SimServer:
 
 
 @asynccontextmanager
-async def running_sim(settings: SimSettings | None = None, host: str = "127.0.0.1",
-                      port: int = 0) -> AsyncIterator[SimServer]:
+async def running_sim(
+    settings: SimSettings | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[SimServer]:
     server = SimServer(settings or SimSettings())
     await server.start(host, port)
     try:

@@ -35,8 +35,11 @@ class SimState:
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> SimState:
-        return cls(settings=settings, behaviour=settings.behaviour.model_copy(),
-                   queue=BatchQueue(settings.max_batch))
+        return cls(
+            settings=settings,
+            behaviour=settings.behaviour.model_copy(),
+            queue=BatchQueue(settings.max_batch),
+        )
 
     def gauges(self) -> Gauges:
         capacity = self.settings.kv_capacity_tokens

@@ -59,5 +59,4 @@ class ClassifierChain:
             trail.append(StageOutcome(stage.name, outcome, time.perf_counter() - t0))
             if intent is not None:
                 return Decision(intent, stage.name, time.perf_counter() - start, tuple(trail))
-        return Decision(self.default_intent, "default", time.perf_counter() - start,
-                        tuple(trail))
+        return Decision(self.default_intent, "default", time.perf_counter() - start, tuple(trail))

@@ -16,8 +16,9 @@ def normalise(vector: Sequence[float]) -> list[float]:
     return [v / norm for v in vector] if norm else list(vector)
 
 
-def nearest_intent(vector: Sequence[float], examples: Sequence[tuple[str, Sequence[float]]],
-                   min_similarity: float) -> tuple[str, float] | None:
+def nearest_intent(
+    vector: Sequence[float], examples: Sequence[tuple[str, Sequence[float]]], min_similarity: float
+) -> tuple[str, float] | None:
     """Best (intent, cosine) over normalised example vectors, or None when below the bar."""
     query = normalise(vector)
     best: tuple[str, float] | None = None
@@ -35,8 +36,13 @@ class EmbeddingStage:
 
     name = "embedding"
 
-    def __init__(self, examples: Sequence[tuple[str, str]], embed: EmbedFn,
-                 min_similarity: float, timeout: float) -> None:
+    def __init__(
+        self,
+        examples: Sequence[tuple[str, str]],
+        embed: EmbedFn,
+        min_similarity: float,
+        timeout: float,
+    ) -> None:
         self._examples = list(examples)
         self._embed = embed
         self.min_similarity = min_similarity
@@ -50,8 +56,10 @@ class EmbeddingStage:
                 if self._vectors is None:
                     texts = [text for _, text in self._examples]
                     vectors = await self._embed(texts) if texts else []
-                    self._vectors = [(intent, normalise(v)) for (intent, _), v
-                                     in zip(self._examples, vectors, strict=True)]
+                    self._vectors = [
+                        (intent, normalise(v))
+                        for (intent, _), v in zip(self._examples, vectors, strict=True)
+                    ]
         return self._vectors
 
     async def decide(self, f: Features) -> str | None:

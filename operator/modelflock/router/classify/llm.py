@@ -16,13 +16,18 @@ AskFn = Callable[[list[dict[str, Any]], list[str]], Awaitable[str]]
 _PROMPT_LIMIT = 4000  # characters of the user prompt shown to the classifier
 
 
-def classifier_messages(intents: Sequence[Intent], labels: Sequence[str], text: str
-                        ) -> list[dict[str, Any]]:
+def classifier_messages(
+    intents: Sequence[Intent], labels: Sequence[str], text: str
+) -> list[dict[str, Any]]:
     lines = [f"- {i.name}: {i.description}".rstrip(": ") for i in intents]
-    system = ("Classify the user's request. Answer with exactly one label and nothing else.\n"
-              "Labels:\n" + "\n".join(lines) + "\nAllowed answers: " + ", ".join(labels))
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": text[:_PROMPT_LIMIT]}]
+    system = (
+        "Classify the user's request. Answer with exactly one label and nothing else.\n"
+        "Labels:\n" + "\n".join(lines) + "\nAllowed answers: " + ", ".join(labels)
+    )
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": text[:_PROMPT_LIMIT]},
+    ]
 
 
 def parse_label(answer: str, labels: Sequence[str]) -> str | None:
@@ -46,8 +51,9 @@ def parse_label(answer: str, labels: Sequence[str]) -> str | None:
 class LlmStage:
     name = "llm"
 
-    def __init__(self, intents: Sequence[Intent], labels: Sequence[str], ask: AskFn,
-                 timeout: float) -> None:
+    def __init__(
+        self, intents: Sequence[Intent], labels: Sequence[str], ask: AskFn, timeout: float
+    ) -> None:
         self._intents = list(intents)
         self._labels = list(labels)
         self._ask = ask
@@ -56,6 +62,7 @@ class LlmStage:
     async def decide(self, f: Features) -> str | None:
         if not f.text:
             return None
-        answer = await self._ask(classifier_messages(self._intents, self._labels, f.text),
-                                 self._labels)
+        answer = await self._ask(
+            classifier_messages(self._intents, self._labels, f.text), self._labels
+        )
         return parse_label(answer, self._labels)

@@ -28,8 +28,7 @@ def compile_rule(intent: Intent) -> IntentRule:
     keywords = None
     if intent.keywords:
         # Whole words/phrases, case-insensitive; lookarounds so "c++" or "sql:" work too.
-        alternation = "|".join(re.escape(k) for k in sorted(intent.keywords, key=len,
-                                                            reverse=True))
+        alternation = "|".join(re.escape(k) for k in sorted(intent.keywords, key=len, reverse=True))
         keywords = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
     return IntentRule(
         intent=intent.name,

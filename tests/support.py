@@ -1,0 +1,171 @@
+"""Helpers shared by the integration and end-to-end tests: the operator as a subprocess,
+polling with a deadline, reading objects as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from localcluster import DEFAULT_POOLS, LocalCluster
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.25) -> T:
+    """Poll until `probe()` returns something truthy; fail loudly with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as error:
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def get_json(cluster: LocalCluster, *args: str) -> Any:
+    result = cluster.run_kubectl("get", *args, "-o", "json")
+    if result.returncode != 0:
+        if "NotFound" in result.stderr:
+            return None
+        raise RuntimeError(f"kubectl get {' '.join(args)}: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def apply(cluster: LocalCluster, namespace: str, doc: dict[str, Any] | str) -> str:
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    return cluster.kubectl(
+        "apply", "--server-side", "--field-manager=tests", "-n", namespace, "-f", "-", input=text
+    )
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    if not obj:
+        return {}
+    found: dict[str, Any] = next(
+        (c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {}
+    )
+    return found
+
+
+def operator_config(flock_port: int, interval: float = 1.0) -> dict[str, Any]:
+    return {
+        "nodePools": [
+            {
+                "name": pool.name,
+                "nodeSelector": {"modelflock.io/node-pool": pool.name},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+                "gpuMemoryGiB": pool.gpu_memory_gib,
+                "gpusPerNode": pool.gpus_per_node,
+            }
+            for pool in DEFAULT_POOLS
+        ],
+        "autoscaler": {"intervalSeconds": interval, "scrapeTimeoutSeconds": 1},
+        "resyncSeconds": 5,
+        "operatorUrl": f"http://127.0.0.1:{flock_port}",
+        "bindAddress": "127.0.0.1",
+    }
+
+
+@dataclass
+class OperatorProcess:
+    """`modelflock operator` against the test cluster, on loopback ports of its own."""
+
+    cluster: LocalCluster
+    workdir: Path
+    extra_args: list[str] = field(default_factory=list)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)
+    flock_port: int = field(default_factory=free_port)
+    liveness_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def flock_url(self) -> str:
+        return f"http://127.0.0.1:{self.flock_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "operator.log"
+
+    def start(self) -> None:
+        config = {**operator_config(self.flock_port), **self.config_overrides}
+        config_path = self.workdir / "operator-config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modelflock",
+                "operator",
+                "--config",
+                str(config_path),
+                "--all-namespaces",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--flock-api-port",
+                str(self.flock_port),
+                "--liveness-port",
+                str(self.liveness_port),
+                "--bind-address",
+                "127.0.0.1",
+                *self.extra_args,
+            ],
+            env=self.cluster.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for(self._healthy, "operator liveness endpoint", timeout=60)
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+            return text
