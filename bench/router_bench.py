@@ -268,9 +268,9 @@ def litellm_config(path: Path, fast: str, slow: str) -> None:
     }))
 
 
-def table(targets: list[Target], direct: Target) -> str:
+def table(targets: list[Target], direct: Target, streams: int) -> str:
     head = ["", "added p50 c=1", "added p99 c=1", "req/s c=32", "max req/s (p99 +<5ms)",
-            "stream TTFC (+)", "CPU/req", "peak RSS, 1000 streams"]
+            "stream TTFC (+)", "CPU/req", "req/s per CPU-s", f"peak RSS, {streams} streams"]
     rows = [head]
     for t in targets:
         c1, d1 = t.rows[1], direct.rows[1]
@@ -287,6 +287,7 @@ def table(targets: list[Target], direct: Target) -> str:
             f"{t.ttfc_ms:.2f} ms" if is_direct or t.ttfc_ms is None or direct.ttfc_ms is None
             else f"+{t.ttfc_ms - direct.ttfc_ms:.2f} ms",
             "-" if t.cpu_ms_per_request is None else f"{t.cpu_ms_per_request:.2f} ms",
+            "-" if not t.cpu_ms_per_request else f"{1000 / t.cpu_ms_per_request:,.0f}",
             "-" if t.rss_mib is None else f"{t.rss_mib:.0f} MiB ({t.streams_ok} ok)",
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -311,7 +312,8 @@ def main() -> int:
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        fast_port, slow_port, router_port, litellm_port = (free_port() for _ in range(4))
+        fast_port, slow_port, router_port, litellm_port, bare_port = (
+            free_port() for _ in range(5))
         fast, slow = f"http://{HOST}:{fast_port}", f"http://{HOST}:{slow_port}"
         sim = [python, "-m", "modelflock", "engine-sim", "--host", HOST, "--loop", "uvloop"]
         with process([*sim, "--port", str(fast_port), "--model", "auto", "--instant"], 1), \
@@ -330,7 +332,13 @@ def main() -> int:
             litellm_config(work / "litellm.json", fast, slow)
             litellm_cmd = [str(args.litellm), "--config", str(work / "litellm.json"), "--host",
                            HOST, "--port", str(litellm_port), "--num_workers", "1"]
+            bare_cmd = [python, str(Path(__file__).with_name("bare_proxy.py")), fast,
+                        str(bare_port)]
             with contextlib.ExitStack() as stack:
+                bare = stack.enter_context(process(bare_cmd, 0))
+                wait_http(f"http://{HOST}:{bare_port}/health")
+                targets.append(Target("bare aiohttp proxy", f"http://{HOST}:{bare_port}",
+                                      pid=bare.pid))
                 router = stack.enter_context(process(router_cmd, 0, log=work / "router.log"))
                 base = f"http://{HOST}:{router_port}"
                 wait_http(f"{base}/readyz")
@@ -344,13 +352,13 @@ def main() -> int:
                                           {"Authorization": f"Bearer {MASTER_KEY}"},
                                           litellm.pid))
                 measure_all(targets, args.duration, args.reps, work)
-                for t in targets[1:]:
+                for t in targets[2:]:
                     assert t.pid is not None
                     t.streams_ok = asyncio.run(many_streams(
                         f"{t.url}/v1/chat/completions", t.headers, args.streams, "slow"))
                     t.rss_mib = peak_rss_mib(t.pid)
     load = os.getloadavg()
-    print(table(targets, targets[0]))
+    print(table(targets, targets[0], args.streams))
     print(f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} cores; medians of {args.reps} interleaved wrk runs of "
           f"{args.duration} s each")

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from localcluster import LocalCluster  # noqa: E402
 
-from support import OperatorProcess  # noqa: E402
+from support import OperatorProcess, make_webhook_certs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,10 @@ def operator(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator for the whole session (tests that restart it put it back)."""
-    process = OperatorProcess(cluster=cluster, workdir=tmp_path_factory.mktemp("operator"))
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(
+        cluster=cluster, workdir=workdir, webhook_dir=make_webhook_certs(workdir / "webhook")
+    )
     process.start()
     try:
         yield process

@@ -103,6 +103,9 @@ class OperatorProcess:
     flock_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Serve the sidecar webhook with certificates made by openssl (see make_webhook_certs).
+    webhook_dir: Path | None = None
+    webhook_port: int = field(default_factory=free_port)
 
     @property
     def flock_url(self) -> str:
@@ -134,6 +137,7 @@ class OperatorProcess:
                 str(self.liveness_port),
                 "--bind-address",
                 "127.0.0.1",
+                *self._webhook_args(),
                 *self.extra_args,
             ],
             env=self.cluster.env(),
@@ -143,6 +147,16 @@ class OperatorProcess:
         )
         log.close()
         wait_for(self._healthy, "operator liveness endpoint", timeout=60)
+
+    def _webhook_args(self) -> list[str]:
+        if self.webhook_dir is None:
+            return []
+        return [
+            "--webhook-cert-dir",
+            str(self.webhook_dir),
+            "--webhook-port",
+            str(self.webhook_port),
+        ]
 
     def _healthy(self) -> bool:
         assert self.process is not None
@@ -169,3 +183,58 @@ class OperatorProcess:
         with urllib.request.urlopen(url, timeout=5) as response:
             text: str = response.read().decode()
             return text
+
+
+def make_webhook_certs(directory: Path) -> Path:
+    """A CA and a serving certificate for https://127.0.0.1 (tls.crt, tls.key, ca.crt)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=modelflock-webhook-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "tls.crt",
+    )
+    return directory

@@ -14,6 +14,7 @@ from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, S
 from modelflock.controller.config import OperatorConfig
 from modelflock.controller.kube import Kube
 from modelflock.controller.metrics import OperatorMetrics
+from modelflock.render.injection import SidecarPlan
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 
@@ -57,6 +58,8 @@ class OperatorContext:
     policy_triggers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     # Filled by the RoutingPolicy workers: each policy's router token and the experts it names.
     policy_access: dict[ObjectKey, PolicyAccess] = field(default_factory=dict)
+    # Filled by the RoutingPolicy workers, read by the sidecar injection webhook.
+    sidecar_plans: dict[ObjectKey, SidecarPlan] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     # One long-lived source per kind, so "logged once per failure streak" holds across ticks.
     sources: dict[str, MetricSource] = field(default_factory=dict)

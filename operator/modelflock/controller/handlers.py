@@ -18,6 +18,8 @@ from modelflock.controller.kube import api_error_message
 from modelflock.controller.policy import reconcile_policy
 from modelflock.controller.servers import start_servers
 from modelflock.render.expert import EXPERT_LABEL
+from modelflock.render.injection import inject_sidecar
+from modelflock.render.router_pod import POLICY_LABEL
 
 FINALIZER = "modelflock.io/finalizer"
 ERROR_BACKOFF_SECONDS = 5.0
@@ -165,6 +167,7 @@ def build_registry(
         finally:
             ctx.policy_triggers.pop(key, None)
             ctx.policy_access.pop(key, None)
+            ctx.sidecar_plans.pop(key, None)
 
     @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
     def policy_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
@@ -192,5 +195,29 @@ def build_registry(
             labels={EXPERT_LABEL: kopf.PRESENT},
             id=f"child-{plural}",
         )(child_changed)
+
+    if webhook is not None:
+
+        @kopf.on.mutate(
+            "",
+            "v1",
+            "pods",
+            id=webhook_path.strip("/"),
+            registry=registry,
+            operation="CREATE",
+            labels={POLICY_LABEL: kopf.PRESENT},
+        )
+        def inject_router(
+            body: kopf.Body, patch: kopf.Patch, warnings: list[str], memo: Any, **_: Any
+        ) -> None:
+            ctx = _context(memo)
+            namespace = str(body.metadata.namespace or "")
+            policy = str(body.metadata.labels.get(POLICY_LABEL, ""))
+            result = inject_sidecar(body, ctx.sidecar_plans.get((namespace, policy)))
+            warnings.extend(result.warnings)
+            if result.containers is not None:
+                patch.spec["containers"] = result.containers
+            if result.volumes is not None:
+                patch.spec["volumes"] = result.volumes
 
     return registry

@@ -15,6 +15,7 @@ from modelflock.api.common import GROUP, VERSION
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+from modelflock.render.injection import SidecarPlan
 from modelflock.render.policy import (
     CONFIG_KEY,
     RouterSettings,
@@ -26,7 +27,12 @@ from modelflock.render.policy import (
     render_router_config,
     token_secret_name,
 )
-from modelflock.render.router_pod import gateway_name, render_gateway
+from modelflock.render.router_pod import (
+    gateway_name,
+    render_gateway,
+    router_volumes,
+    sidecar_container,
+)
 
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "RoutingPolicy"
@@ -144,6 +150,14 @@ async def reconcile_policy(
         }
     )
     key_files = referenced_secrets(experts)
+    if policy.spec.sidecar.inject:
+        ctx.sidecar_plans[key] = SidecarPlan(
+            container=sidecar_container(name, policy.spec, ctx.config.images.router, key_files),
+            volumes=router_volumes(name, key_files),
+            port=policy.spec.sidecar.port,
+        )
+    else:
+        ctx.sidecar_plans.pop(key, None)
     if policy.spec.gateway.replicas > 0:
         for manifest in render_gateway(
             name,

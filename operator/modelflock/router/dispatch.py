@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from modelflock.router.upstream import (
     api_url,
     is_failing_status,
 )
+
+log = logging.getLogger(__name__)
 
 _BROKEN_EVENT = (
     b'data: {"error": {"message": "the expert failed mid-stream", "type": '
@@ -128,6 +131,9 @@ class Dispatcher:
     def _skip(self, job: Job, expert: str, reason: str, detail: str) -> None:
         job.reasons.append(f"{expert}: {detail}")
         self.metrics.fallbacks.inc((job.route, expert, reason))
+        # Never the request or headers: only names and the failure (no secrets, no prompts).
+        level = logging.INFO if reason in ("cold", "overloaded") else logging.WARNING
+        log.log(level, "route %s: expert %s skipped (%s): %s", job.route, expert, reason, detail)
 
     def charge(self, job: Job, expert: str, tokens: tuple[int, int], baseline: bool) -> None:
         """Tokens and cost of one answer; the baseline counterfactual only for the final one."""

@@ -152,11 +152,18 @@ def build_state(
     )
 
 
-def warm_up(state: RouterState) -> list[asyncio.Task[Any]]:
+async def _embed_examples(stage: EmbeddingStage) -> None:
+    try:
+        await stage.example_vectors()
+    except Exception as exc:  # the embedding expert may be down: retried on first use
+        log.warning("embedding the intent examples failed (retried on use): %s", exc)
+
+
+def warm_up(state: RouterState) -> list[asyncio.Task[None]]:
     """Compute the embedding stage's example vectors in the background, not on a request."""
     loop = asyncio.get_running_loop()
     return [
-        loop.create_task(s.example_vectors())
+        loop.create_task(_embed_examples(s))
         for s in state.chain.stages
         if isinstance(s, EmbeddingStage)
     ]
@@ -171,7 +178,7 @@ class StateHolder:
         self.on_reload = on_reload
         config, keys, print_ = load_files(path)  # at startup, before the loop serves requests
         self.current = build_state(config, keys, upstream, print_)
-        self._warming: list[asyncio.Task[Any]] = []
+        self._warming: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._warming = warm_up(self.current)
