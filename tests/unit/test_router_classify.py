@@ -12,7 +12,7 @@ from modelflock.router.classify.rules import classify_rules, compile_rules
 from modelflock.router.config import HeaderMatch, Intent
 
 INTENTS = [
-    Intent(name="code", keywords=["python", "c++"], patterns=[r"\bdef \w+\("]),
+    Intent(name="code", keywords=["python", "c++", "def ", "tl;dr"], patterns=[r"\bdef \w+\("]),
     Intent(name="premium", models=["gpt-big"], headers=[HeaderMatch(name="x-tier", value="gold")]),
     Intent(name="long", min_prompt_chars=1000),
     Intent(name="summarize", keywords=["summarize"], min_prompt_chars=20),
@@ -29,6 +29,9 @@ def test_rules_keywords_patterns_models_headers_and_length() -> None:
     assert classify_rules(RULES, f("is c++ fast?")) == "code"
     assert classify_rules(RULES, f("pythonic")) is None  # whole words only
     assert classify_rules(RULES, f("x = 1\ndef foo(a):")) == "code"
+    assert classify_rules(RULES, f("what does def mean")) == "code"  # "def " keyword
+    assert classify_rules(RULES, f("undef x")) is None  # word boundary before "def "
+    assert classify_rules(RULES, f("TL;DR please")) == "code"
     assert classify_rules(RULES, f("hi", model="gpt-big")) == "premium"
     assert classify_rules(RULES, f("hi", headers={"x-tier": "gold"})) == "premium"
     assert classify_rules(RULES, f("y" * 1000)) == "long"

@@ -34,8 +34,13 @@ class ExpertState:
     ready_replicas: int = 0
     desired_replicas: int = 0
     cold_start_seconds: float = 60.0
+    # External experts have no pods: routers call their API directly, never wait for them.
+    external: bool = False
     # The status this operator last wrote: the watched body may lag behind our own writes.
     last_status: ModelExpertStatus | None = None
+    # Whether the last reconcile saw autoscaling on: only then does the worker wake every
+    # autoscaler interval; otherwise the resync interval is enough (saves API calls at scale).
+    autoscaling: bool = True
 
 
 @dataclass(frozen=True)

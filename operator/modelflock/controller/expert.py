@@ -7,6 +7,7 @@ status. The per-expert worker (a kopf daemon) calls it on events, on a timer and
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from modelflock.render.expert import (
     service_endpoint,
 )
 from modelflock.render.expert_status import Observed, Transition, compute_status
+from modelflock.render.policy import cold_start_seconds
 
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelExpert"
@@ -165,6 +167,8 @@ async def reconcile_expert(
     status_before = state.last_status or expert.status or ModelExpertStatus()
     extra: dict[str, Any] = {}
 
+    state.external = spec.engine == "external"
+    state.cold_start_seconds = cold_start_seconds(expert)
     if spec.engine == "external":
         assert spec.external is not None
         observed = Observed(
@@ -176,10 +180,23 @@ async def reconcile_expert(
     else:
         problems = check_expert(spec, ctx.config)
         replicas = desired_replicas(spec)
+        scaling = spec.effective_autoscaling()
+        if not scaling.enabled:
+            state.written_replicas = None  # spec.replicas rules; re-enabling starts from it
+        elif state.written_replicas is not None:
+            # One writer: the Deployment follows the autoscaler's last write, never a hand-made
+            # spec.replicas (the tick overrides that) nor a watched body that lags behind it.
+            replicas = max(scaling.min_replicas, min(scaling.max_replicas, state.written_replicas))
+        deployment: dict[str, Any] | None
         if not any(p.blocking for p in problems):
-            await ctx.kube.apply(render_service(ref, spec))
-            await ctx.kube.apply(render_deployment(ref, spec, ctx.config, replicas))
-        deployment = await ctx.kube.get("apps/v1", "Deployment", name, namespace)
+            # Both at once; the apply's response is the Deployment as stored (status included),
+            # so it needs no extra GET.
+            _, deployment = await asyncio.gather(
+                ctx.kube.apply(render_service(ref, spec)),
+                ctx.kube.apply(render_deployment(ref, spec, ctx.config, replicas)),
+            )
+        else:
+            deployment = await ctx.kube.get("apps/v1", "Deployment", name, namespace)
         pods = await ctx.kube.list("v1", "Pod", namespace, selector_string(ref))
         observed = Observed(
             generation=generation,
@@ -195,6 +212,7 @@ async def reconcile_expert(
         ready_targets, starting = split_pods(pods, spec, state, now)
         state.ready_targets = ready_targets
         autoscaling = spec.effective_autoscaling()
+        state.autoscaling = autoscaling.enabled
         due = time.monotonic() - state.last_autoscale >= ctx.config.autoscaler.interval_seconds
         if autoscaling.enabled and deployment is not None and due:
             extra = await autoscale_tick(
@@ -269,16 +287,17 @@ async def autoscale_tick(
     namespace, name = key
     state.last_autoscale = time.monotonic()
     current = pods.current_replicas
-    if (
-        state.written_replicas is not None
-        and spec.replicas is not None
-        and spec.replicas != state.written_replicas
-    ):
+    spec_replicas = spec.replicas
+    if state.written_replicas is not None and spec_replicas not in (None, state.written_replicas):
+        # The watched body can lag behind our own scale write: ask the API server first.
+        fresh = await ctx.kube.get(API_VERSION, KIND, name, namespace)
+        spec_replicas = ((fresh or {}).get("spec") or {}).get("replicas", spec_replicas)
+    if state.written_replicas is not None and spec_replicas not in (None, state.written_replicas):
         kopf.event(
             body,
             type="Warning",
             reason="ManualScaleOverridden",
-            message=f"spec.replicas was set to {spec.replicas} by hand while autoscaling is on;"
+            message=f"spec.replicas was set to {spec_replicas} by hand while autoscaling is on;"
             f" the autoscaler keeps {state.written_replicas} (disable autoscaling to scale by hand)",
         )
         current = state.written_replicas
@@ -302,7 +321,7 @@ async def autoscale_tick(
     ctx.metrics.target_queue_depth.labels(namespace, name).set(policy.target_queue_depth)
     ctx.metrics.desired_replicas.labels(namespace, name).set(desired)
     fields: dict[str, Any] = {"queue_depth": round(decision.queue_depth)}
-    if desired != current or spec.replicas != desired:
+    if desired != current or spec_replicas != desired:
         try:
             await ctx.kube.scale(API_VERSION, KIND, name, namespace, desired)
         except Exception as error:

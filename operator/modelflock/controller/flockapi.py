@@ -43,7 +43,7 @@ def endpoints_document(
     result: dict[str, Any] = {}
     for name in sorted(experts):
         state = ctx.experts.get((namespace, name))
-        if state is None:
+        if state is None or state.external:
             continue
         loads = {target.name: load for target, load in state.loads}
         endpoints = []

@@ -48,7 +48,7 @@ async def _work(
     reconcile: Callable[[], Awaitable[None]],
     trigger: asyncio.Event,
     stopped: kopf.DaemonStopped,
-    period: float,
+    period: Callable[[], float],
     ctx: OperatorContext,
     kind: str,
     logger: kopf.Logger,
@@ -60,14 +60,14 @@ async def _work(
     """
     while not stopped:
         trigger.clear()
-        wait = period
         try:
             await reconcile()
+            wait = period()  # after the pass: it may have switched autoscaling on or off
         except Exception as error:
             ctx.metrics.reconciles.labels(kind, "error").inc()
             ctx.metrics.errors.labels(kind, "reconcile").inc()
             logger.warning("reconcile failed, retrying: %s", api_error_message(error))
-            wait = min(period, ERROR_BACKOFF_SECONDS)
+            wait = min(period(), ERROR_BACKOFF_SECONDS)
         await _wait_for_trigger(trigger, stopped, wait)
 
 
@@ -126,7 +126,12 @@ def build_registry(
         ctx = _context(memo)
         key = (str(namespace), name)
         state = ctx.expert_state(key)
-        period = min(ctx.config.resync_seconds, ctx.config.autoscaler.interval_seconds)
+
+        def period() -> float:
+            if state.autoscaling:
+                return min(ctx.config.resync_seconds, ctx.config.autoscaler.interval_seconds)
+            return ctx.config.resync_seconds
+
         try:
             await _work(
                 lambda: reconcile_expert(ctx, key, body, logger),
@@ -159,7 +164,7 @@ def build_registry(
                 lambda: reconcile_policy(ctx, key, body, logger),
                 trigger,
                 stopped,
-                ctx.config.resync_seconds,
+                lambda: ctx.config.resync_seconds,
                 ctx,
                 "RoutingPolicy",
                 logger,

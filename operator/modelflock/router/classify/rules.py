@@ -24,12 +24,20 @@ class IntentRule:
         return bool(self.keywords or self.patterns or self.models or self.headers)
 
 
+def _keyword_regex(keyword: str) -> str:
+    """Whole words: a word boundary only at edges that are word characters, so "python"
+    does not match "pythonic" while "c++", "def " or "tl;dr" still match."""
+    prefix = r"(?<!\w)" if keyword[:1].isalnum() or keyword[:1] == "_" else ""
+    suffix = r"(?!\w)" if keyword[-1:].isalnum() or keyword[-1:] == "_" else ""
+    return f"{prefix}{re.escape(keyword)}{suffix}"
+
+
 def compile_rule(intent: Intent) -> IntentRule:
     keywords = None
     if intent.keywords:
-        # Whole words/phrases, case-insensitive; lookarounds so "c++" or "sql:" work too.
-        alternation = "|".join(re.escape(k) for k in sorted(intent.keywords, key=len, reverse=True))
-        keywords = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
+        ordered = sorted(intent.keywords, key=len, reverse=True)
+        alternation = "|".join(_keyword_regex(k) for k in ordered)
+        keywords = re.compile(f"(?:{alternation})", re.IGNORECASE)
     return IntentRule(
         intent=intent.name,
         keywords=keywords,

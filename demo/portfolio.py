@@ -1,0 +1,408 @@
+"""The local portfolio: control plane with kwok GPU pools, the chart, the operator, a simulated
+engine for every engine pod the scheduler placed, and the router. Used by `make demo`
+(demo/run.py) and by the end-to-end test (tests/e2e).
+
+Everything listens on loopback: kwok gives pods IPs in 127.64.0.0/16 and each simulated engine
+binds its pod's IP, so the operator scrapes and the router calls "pods" without leaving the
+machine. The operator runs as a local process with the configuration the chart rendered (the
+chart's own Deployment stays Pending: the fake nodes are GPU-tainted and run no containers).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests" / "cluster"), str(REPO / "tests")]
+
+from localcluster import LocalCluster  # noqa: E402
+from support import OperatorProcess, free_port, wait_for  # noqa: E402
+
+NAMESPACE = "modelflock-demo"
+RELEASE = "modelflock"
+RELEASE_NAMESPACE = "modelflock"
+DEMO_API_KEY = "demo-frontier-key"  # a local simulated frontier API checks it; not a real key
+REFUSAL = "I'm sorry, I can't help with that request."
+HARD_MARKER = "[hard]"
+
+
+@dataclass(frozen=True)
+class SimProfile:
+    """How a simulated engine for one expert behaves (speed, batch, canned replies)."""
+
+    flavour: str = "vllm"
+    max_batch: int = 16
+    prefill_ms: float = 10
+    decode_ms: float = 5
+    output_tokens: int = 32
+    replies: dict[str, str] = field(default_factory=dict)
+
+    def args(self, host: str, port: int, model: str) -> list[str]:
+        return [
+            sys.executable, "-m", "modelflock", "engine-sim",
+            "--host", host, "--port", str(port), "--flavour", self.flavour, "--model", model,
+            "--max-batch", str(self.max_batch), "--prefill-ms", str(self.prefill_ms),
+            "--decode-ms", str(self.decode_ms), "--output-tokens", str(self.output_tokens),
+        ]
+
+
+# Small models refuse what is marked hard (so cascades escalate); big ones are slower.
+PROFILES: dict[str, SimProfile] = {
+    "intent-small": SimProfile(max_batch=32, decode_ms=2, output_tokens=24, replies={HARD_MARKER: REFUSAL}),
+    "embed-small": SimProfile(max_batch=64, decode_ms=1),
+    "code-7b": SimProfile(max_batch=4, prefill_ms=20, decode_ms=8, output_tokens=48, replies={HARD_MARKER: REFUSAL}),
+    "writer-70b": SimProfile(max_batch=8, prefill_ms=40, decode_ms=12, output_tokens=96),
+    "summarize-tgi": SimProfile(flavour="tgi", max_batch=8, decode_ms=5, output_tokens=40),
+}
+FRONTIER = SimProfile(max_batch=256, decode_ms=3, output_tokens=64)
+
+
+class EngineFleet:
+    """Keeps one simulated engine per running engine pod, on the pod's IP; stops it when the
+    pod goes. A background thread re-syncs every half second."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, logdir: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.logdir = logdir
+        self.sims: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}  # pod -> (proc, expert, url)
+        self.killed: set[str] = set()  # experts whose engines were killed on purpose
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="engine-fleet", daemon=True)
+
+    def start(self) -> None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.sync()
+            self._stop.wait(0.5)
+
+    def _pods(self) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl(
+            "get", "pods", "-n", self.namespace, "-l", "modelflock.io/expert", "-o", "json"
+        )
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items
+
+    def sync(self) -> None:
+        wanted: dict[str, tuple[str, str, int, str]] = {}
+        for pod in self._pods():
+            meta, status = pod["metadata"], pod.get("status", {})
+            ip = status.get("podIP")
+            if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not ip:
+                continue
+            expert = meta["labels"]["modelflock.io/expert"]
+            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            wanted[meta["name"]] = (expert, ip, port, meta["labels"].get("app.kubernetes.io/name", "vllm"))
+        with self._lock:
+            for name in [n for n in self.sims if n not in wanted]:
+                self._stop_sim(name)
+            for name, (expert, ip, port, _) in wanted.items():
+                if name not in self.sims and expert not in self.killed:
+                    self._start_sim(name, expert, ip, port)
+
+    def _start_sim(self, pod: str, expert: str, ip: str, port: int) -> None:
+        profile = PROFILES.get(expert, SimProfile())
+        log = (self.logdir / f"{pod}.log").open("ab")
+        proc = subprocess.Popen(
+            profile.args(ip, port, expert), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        url = f"http://{ip}:{port}"
+        self.sims[pod] = (proc, expert, url)
+        if profile.replies:
+            wait_for(lambda: _get(url + "/health") == 200, f"engine sim for {pod}", 15)
+            _post(url + "/sim/behaviour", {"replies": profile.replies})
+
+    def _stop_sim(self, pod: str) -> None:
+        proc, _, _ = self.sims.pop(pod)
+        _terminate(proc)
+
+    def kill_expert(self, expert: str) -> list[str]:
+        """Kill every engine of an expert (its pods stay: the router sees a failing expert)."""
+        with self._lock:
+            self.killed.add(expert)
+            pods = [p for p, (_, e, _) in self.sims.items() if e == expert]
+            for pod in pods:
+                self._stop_sim(pod)
+        return pods
+
+    def revive_expert(self, expert: str) -> None:
+        with self._lock:
+            self.killed.discard(expert)
+
+    def urls(self, expert: str) -> list[str]:
+        with self._lock:
+            return [url for _, e, url in self.sims.values() if e == expert]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        with self._lock:
+            for pod in list(self.sims):
+                self._stop_sim(pod)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+        return int(response.status)
+
+
+def _post(url: str, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
+        return int(response.status)
+
+
+@dataclass
+class Portfolio:
+    """The whole local portfolio; `start()` brings it up, `stop()` takes everything down."""
+
+    workdir: Path
+    scale_down_seconds: int = 20
+    scale_to_zero_seconds: int = 30
+    say: Any = print
+    cluster: LocalCluster | None = None
+    operator: OperatorProcess | None = None
+    fleet: EngineFleet | None = None
+    frontier: subprocess.Popen[bytes] | None = None
+    router: subprocess.Popen[bytes] | None = None
+    router_port: int = field(default_factory=free_port)
+    frontier_port: int = field(default_factory=free_port)
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}/v1"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.say("starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok GPU pools)")
+        self.cluster = LocalCluster(workdir=self.workdir / "cluster")
+        self.cluster.start()
+        self.say("installing the Helm chart (CRDs, RBAC, operator configuration, webhook)")
+        self.helm_install()
+        self.say("running the operator with the configuration the chart rendered")
+        self.start_operator()
+        self.say(f"applying the example portfolio (deploy/examples) into namespace {NAMESPACE}")
+        self.start_frontier()
+        self.apply_examples()
+        self.fleet = EngineFleet(self.cluster, NAMESPACE, self.workdir / "engines")
+        self.fleet.start()
+        self.say("waiting for the experts to become Ready on their GPU pools")
+        wait_for(self.experts_ready, "every expert Ready", 120)
+        wait_for(lambda: self.policy_ready(), "RoutingPolicy portfolio Ready", 60)
+        self.say("starting the router with the config the operator rendered for RoutingPolicy portfolio")
+        self.start_router()
+
+    def helm(self, *args: str) -> str:
+        assert self.cluster is not None
+        assert self.cluster.bin_dir is not None
+        result = subprocess.run(
+            [str(self.cluster.bin_dir / "helm"), *args],
+            capture_output=True, text=True, env=self.cluster.env(), timeout=180,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed: {result.stderr}")
+        return result.stdout
+
+    def helm_install(self) -> None:
+        self.helm(
+            "install", RELEASE, str(REPO / "charts" / "modelflock"),
+            "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+            "-f", str(REPO / "demo" / "values-local.yaml"),
+            "--wait=false", "--timeout", "120s",
+        )
+        assert self.cluster is not None
+        self.cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/modelexperts.modelflock.io", "crd/routingpolicies.modelflock.io",
+        )
+
+    def chart_config(self) -> dict[str, Any]:
+        assert self.cluster is not None
+        out = self.cluster.kubectl(
+            "get", "configmap", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/instance=" + RELEASE,
+            "-o", "json",
+        )
+        for item in json.loads(out)["items"]:
+            if "config.yaml" in item.get("data", {}):
+                config: dict[str, Any] = yaml.safe_load(item["data"]["config.yaml"])
+                return config
+        raise RuntimeError("the chart rendered no operator configuration ConfigMap")
+
+    def start_operator(self) -> None:
+        assert self.cluster is not None
+        config = self.chart_config()
+        # Run locally: listen on loopback, and tell routers where the local flock API is.
+        operator = OperatorProcess(cluster=self.cluster, workdir=self.workdir)
+        config["operatorUrl"] = operator.flock_url
+        config["bindAddress"] = "127.0.0.1"
+        operator.config_overrides = config
+        operator.start()
+        self.operator = operator
+
+    def start_frontier(self) -> None:
+        key_file = self.workdir / "frontier-key"
+        key_file.write_text(DEMO_API_KEY)
+        log = (self.workdir / "frontier.log").open("ab")
+        self.frontier = subprocess.Popen(
+            [*FRONTIER.args("127.0.0.1", self.frontier_port, "frontier-large"), "--api-key-file", str(key_file)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        wait_for(lambda: _get(f"http://127.0.0.1:{self.frontier_port}/health") == 200, "frontier sim", 15)
+
+    def example_documents(self) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = []
+        for path in sorted((REPO / "deploy" / "examples").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if not doc:
+                    continue
+                name = doc["metadata"]["name"]
+                if doc["kind"] == "Secret" and name == "frontier-api-key":
+                    doc["stringData"] = {"api-key": DEMO_API_KEY}
+                if doc["kind"] == "ModelExpert" and name == "frontier":
+                    # The demo's frontier API is a simulated one on loopback.
+                    doc["spec"]["external"]["baseURL"] = f"http://127.0.0.1:{self.frontier_port}/v1"
+                if doc["kind"] == "ModelExpert" and "autoscaling" in doc["spec"]:
+                    # Short windows so scale-down and scale-to-zero happen while you watch.
+                    scaling = doc["spec"]["autoscaling"]
+                    scaling["scaleDownStabilizationSeconds"] = self.scale_down_seconds
+                    scaling["scaleToZeroAfterSeconds"] = self.scale_to_zero_seconds
+                docs.append(doc)
+        return docs
+
+    def apply_examples(self) -> None:
+        assert self.cluster is not None
+        self.cluster.kubectl("create", "namespace", NAMESPACE)
+        text = "\n---\n".join(json.dumps(d) for d in self.example_documents())
+        self.cluster.kubectl("apply", "--server-side", "-n", NAMESPACE, "-f", "-", input=text)
+
+    def experts(self) -> list[dict[str, Any]]:
+        assert self.cluster is not None
+        items: list[dict[str, Any]] = json.loads(
+            self.cluster.kubectl("get", "modelexperts", "-n", NAMESPACE, "-o", "json")
+        )["items"]
+        return items
+
+    def experts_ready(self) -> bool:
+        experts = self.experts()
+        return bool(experts) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in e.get("status", {}).get("conditions", []))
+            for e in experts
+        )
+
+    def policy(self) -> dict[str, Any]:
+        assert self.cluster is not None
+        policy: dict[str, Any] = json.loads(
+            self.cluster.kubectl("get", "routingpolicy", "portfolio", "-n", NAMESPACE, "-o", "json")
+        )
+        return policy
+
+    def policy_ready(self) -> bool:
+        conditions = self.policy().get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def router_config(self) -> dict[str, Any]:
+        """The ConfigMap the operator rendered, with in-cluster paths mapped to local files."""
+        assert self.cluster is not None
+        name = self.policy()["status"]["configMapName"]
+        cm = json.loads(self.cluster.kubectl("get", "configmap", name, "-n", NAMESPACE, "-o", "json"))
+        config: dict[str, Any] = yaml.safe_load(cm["data"]["router.yaml"])
+        secret = json.loads(
+            self.cluster.kubectl("get", "secret", "portfolio-router-token", "-n", NAMESPACE, "-o", "json")
+        )
+        token_file = self.workdir / "router-token"
+        token_file.write_text(base64.b64decode(secret["data"]["token"]).decode())
+        config["discovery"]["tokenFile"] = str(token_file)
+        config["discovery"]["intervalSeconds"] = 1
+        for expert in config["experts"]:
+            if "apiKeyFile" in expert:
+                expert["apiKeyFile"] = str(self.workdir / "frontier-key")
+        config["listen"] = {"host": "127.0.0.1", "port": self.router_port}
+        return config
+
+    def start_router(self) -> None:
+        path = self.workdir / "router.yaml"
+        path.write_text(yaml.safe_dump(self.router_config(), sort_keys=False))
+        log = (self.workdir / "router.log").open("ab")
+        self.router = subprocess.Popen(
+            [sys.executable, "-m", "modelflock", "router", "--config", str(path)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        base = self.router_url.removesuffix("/v1")
+        wait_for(lambda: _get(base + "/readyz") == 200, "router ready", 30)
+
+    def router_metrics(self) -> str:
+        base = self.router_url.removesuffix("/v1")
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:  # noqa: S310
+            text: str = response.read().decode()
+            return text
+
+    def scale_events(self) -> list[dict[str, Any]]:
+        assert self.cluster is not None
+        items = json.loads(
+            self.cluster.kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "reason=Scaled", "-o", "json")
+        )["items"]
+        events: list[dict[str, Any]] = sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return events
+
+    def stop(self) -> None:
+        for proc in (self.router, self.frontier):
+            if proc is not None:
+                _terminate(proc)
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self.operator is not None:
+            self.operator.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+@contextlib.contextmanager
+def running_portfolio(workdir: Path, **kwargs: Any) -> Iterator[Portfolio]:
+    portfolio = Portfolio(workdir=workdir, **kwargs)
+    try:
+        portfolio.start()
+        yield portfolio
+    finally:
+        portfolio.stop()
+
+
+def timestamp() -> str:
+    return time.strftime("%H:%M:%S")

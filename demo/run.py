@@ -1,0 +1,115 @@
+"""`make demo`: the example portfolio on a local control plane, driven by a mixed workload.
+
+1. builds (or reuses) the control-plane binaries and starts them with kwok GPU pools;
+2. installs the Helm chart and runs the operator with the configuration it rendered;
+3. applies deploy/examples (the frontier API is simulated on loopback);
+4. starts a simulated engine for every engine pod the scheduler placed, and the router;
+5. drives code, writing, summaries, lookups and hard reasoning through the official OpenAI
+   client, with a burst that makes the code expert scale, and a failing engine that makes
+   summaries fall back;
+6. prints the report, then stops everything it started (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import workload  # noqa: E402
+from portfolio import NAMESPACE, Portfolio  # noqa: E402
+
+from modelflock.router.report import format_table, summarize, total  # noqa: E402
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def experts_table(portfolio: Portfolio) -> list[str]:
+    lines = [f"  {'expert':<14} {'engine':<9} {'tier':<9} {'pool':<6} {'replicas':>8}  ready  last scale"]
+    for expert in sorted(portfolio.experts(), key=lambda e: e["metadata"]["name"]):
+        spec, status = expert["spec"], expert.get("status", {})
+        ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "?")
+        lines.append(
+            f"  {expert['metadata']['name']:<14} {spec['engine']:<9} {spec.get('tier', ''):<9}"
+            f" {spec.get('nodePool', '-'):<6} {status.get('replicaSummary') or '-':>8}  {ready:<5}"
+            f"  {status.get('lastScaleReason', '')}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=".modelflock/demo", help="state and logs (default: .modelflock/demo)")
+    parser.add_argument("--requests", type=int, default=60, help="mixed requests after the burst")
+    parser.add_argument("--burst", type=int, default=48, help="code requests in the burst")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    workdir = Path(args.workdir).resolve()
+    if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
+    portfolio = Portfolio(workdir=workdir, say=say)
+    started = time.monotonic()
+    try:
+        portfolio.start()
+        say(f"portfolio up in {time.monotonic() - started:.0f}s; router at {portfolio.router_url}")
+        print("\n".join(experts_table(portfolio)))
+
+        say(f"burst: {args.burst} code requests, 24 at a time (code-7b holds 4 per replica)")
+        records = workload.run(portfolio.router_url, workload.plan({"code": args.burst}, args.seed), 24, "code burst")
+
+        mix = {"code": 3, "writing": 2, "summary": 2, "lookup": 3, "hard": 2}
+        scale = max(1, args.requests // sum(mix.values()))
+        jobs = workload.plan({k: v * scale for k, v in mix.items()}, args.seed + 1)
+        half = len(jobs) // 2
+        say(f"mixed workload: {len(jobs)} requests (code, writing, summaries, lookups, hard reasoning)")
+        records += workload.run(portfolio.router_url, jobs[:half], 6, "mixed (1/2)")
+        assert portfolio.fleet is not None
+        killed = portfolio.fleet.kill_expert("summarize-tgi")
+        say(f"killed the summarize-tgi engine ({', '.join(killed)}): summaries must fall back")
+        records += workload.run(portfolio.router_url, jobs[half:], 6, "mixed (2/2)")
+        portfolio.fleet.revive_expert("summarize-tgi")
+
+        say(f"idle: waiting {portfolio.scale_down_seconds + 10}s for the autoscaler to scale back down")
+        time.sleep(portfolio.scale_down_seconds + 10)
+
+        print("\n== Experts (kubectl get modelexperts -n " + NAMESPACE + ")")
+        print("\n".join(experts_table(portfolio)))
+        print("\n== Where each kind of request went (x-modelflock-expert header)")
+        print("\n".join(workload.routing_table(records)))
+        print("\n== Autoscaler actions (Events reason=Scaled)")
+        for event in portfolio.scale_events():
+            stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]
+            print(f"  {stamp}  {event['involvedObject']['name']:<14} {event['message']}")
+        rows = summarize(portfolio.router_metrics())
+        print("\n== Cost by route (modelflock report, from the router's /metrics)")
+        print("\n".join("  " + line for line in format_table(rows).splitlines()))
+        overall = total(rows)
+        print(
+            f"\n  {overall.requests:.0f} requests cost ${overall.cost:.6f}"
+            f" (${overall.cost_per_query:.8f} per query); sending everything to the frontier"
+            f" expert would have cost ${overall.baseline_cost:.6f}: {overall.savings:.1%} saved."
+        )
+        failed = [r for r in records if r.status != 200]
+        print(f"  {len(records) - len(failed)}/{len(records)} requests answered"
+              f"{'' if not failed else '; failures: ' + str(sorted({r.error for r in failed})[:3])}")
+        print(f"\nlogs and state: {workdir}")
+        return 0 if not failed else 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        say("stopping everything the demo started")
+        portfolio.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
