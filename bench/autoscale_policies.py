@@ -49,7 +49,9 @@ class Ours:
     memory: ScalerMemory = field(default_factory=ScalerMemory)
 
     def decide(self, view: View) -> int:
-        per_pod = PodLoad(view.waiting / view.ready, view.running / view.ready) if view.ready else None
+        per_pod = (
+            PodLoad(view.waiting / view.ready, view.running / view.ready) if view.ready else None
+        )
         obs = Observation(
             now=float(view.now),
             current_replicas=view.replicas,

@@ -109,9 +109,7 @@ def _in_step(workload: Workload, arrival: int) -> bool:
     return workload.step_until is None or arrival < workload.step_until
 
 
-def simulate(
-    workload: Workload, size: ModelSize, policy: Policy, seed: int, lag: int
-) -> Result:
+def simulate(workload: Workload, size: ModelSize, policy: Policy, seed: int, lag: int) -> Result:
     rng = random.Random(seed)
     cluster = Cluster(size)
     result = Result(policy.name)

@@ -25,11 +25,15 @@ async def session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def forward(request: web.Request) -> web.StreamResponse:
     body = await request.read()
-    async with request.app[SESSION].post(f"{request.app[UPSTREAM]}{request.path}", data=body,
-                                         headers={"Content-Type": "application/json"}) as up:
+    async with request.app[SESSION].post(
+        f"{request.app[UPSTREAM]}{request.path}",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    ) as up:
         if b'"stream": true' not in body and b'"stream":true' not in body:
-            return web.Response(body=await up.read(), status=up.status,
-                                content_type="application/json")
+            return web.Response(
+                body=await up.read(), status=up.status, content_type="application/json"
+            )
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
         async for chunk in up.content.iter_any():
@@ -44,8 +48,14 @@ def main() -> None:
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post("/v1/chat/completions", forward)
     app.router.add_get("/health", lambda _: web.Response(text="ok"))  # type: ignore[arg-type,return-value]
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), access_log=None, print=None,
-                loop=uvloop.new_event_loop())
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[2]),
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,11 @@ from pathlib import Path
 import aiohttp
 
 HOST = "127.0.0.1"
-BODY = {"model": "auto", "max_tokens": 16,
-        "messages": [{"role": "user", "content": "write a python function to sort a list"}]}
+BODY = {
+    "model": "auto",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "write a python function to sort a list"}],
+}
 MASTER_KEY = "sk-bench-local"
 CONCURRENCY = (1, 8, 16, 32, 64)
 DEFAULT_LITELLM = Path.home() / ".cache/modelflock-bench/litellm-venv/bin/litellm"
@@ -59,11 +62,16 @@ def wait_http(url: str, seconds: float = 90.0) -> None:
 
 
 @contextmanager
-def process(cmd: list[str], core: int, env: dict[str, str] | None = None,
-            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], core: int, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     out = log.open("wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=out,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(core), *cmd],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     try:
         yield proc
     finally:
@@ -82,8 +90,9 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_pids(pid: int) -> list[int]:
     """The process and its descendants (taskset execs in place; LiteLLM may fork)."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                         text=True, check=False).stdout.split()
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
     pids = [pid]
     for child in out:
         pids += tree_pids(int(child))
@@ -112,8 +121,19 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def run_wrk(url: str, concurrency: int, duration: int, script: Path) -> WrkResult:
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{concurrency}", f"-d{duration}s",
-           "--latency", "-s", str(script), url]
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def pct(p: str) -> float:
@@ -124,8 +144,11 @@ def run_wrk(url: str, concurrency: int, duration: int, script: Path) -> WrkResul
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     total = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                              r"timeout (\d+)", text)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+        r"timeout (\d+)",
+        text,
+    )
     errors = int(non2xx.group(1)) if non2xx else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
@@ -155,8 +178,9 @@ async def many_streams(url: str, headers: dict[str, str], count: int, model: str
     body = {**BODY, "model": model, "stream": True}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(headers=headers, connector=connector,
-                                     timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        headers=headers, connector=connector, timeout=timeout
+    ) as session:
 
         async def one() -> bool:
             try:
@@ -184,8 +208,11 @@ class Target:
 
 
 def write_wrk_script(path: Path, headers: dict[str, str]) -> None:
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(BODY))}",
-             'wrk.headers["Content-Type"] = "application/json"']
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps(BODY))}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     path.write_text("\n".join(lines) + "\n")
 
@@ -214,8 +241,9 @@ def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) 
             for t in targets:
                 pids = tree_pids(t.pid) if t.pid else []
                 before = sum(cpu_seconds(p) for p in pids)
-                result = run_wrk(f"{t.url}/v1/chat/completions", concurrency, duration,
-                                 scripts[t.name])
+                result = run_wrk(
+                    f"{t.url}/v1/chat/completions", concurrency, duration, scripts[t.name]
+                )
                 if pids and concurrency == 32:
                     cpu[t.name] += sum(cpu_seconds(p) for p in pids) - before
                 runs[t.name].append(result)
@@ -224,82 +252,139 @@ def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) 
             r = t.rows[concurrency]
             if concurrency == 32 and t.pid:
                 t.cpu_ms_per_request = cpu[t.name] * 1000 / max(r.requests, 1)
-            print(f"  {t.name:<18} c={concurrency:<3} {r.rps:8.0f} req/s  p50 {r.p50_ms:6.2f} ms"
-                  f"  p99 {r.p99_ms:6.2f} ms  errors {r.errors}", file=sys.stderr, flush=True)
+            print(
+                f"  {t.name:<18} c={concurrency:<3} {r.rps:8.0f} req/s  p50 {r.p50_ms:6.2f} ms"
+                f"  p99 {r.p99_ms:6.2f} ms  errors {r.errors}",
+                file=sys.stderr,
+                flush=True,
+            )
     ttfc: dict[str, list[float]] = {t.name: [] for t in targets}
     for _ in range(reps):
         for t in targets:
-            ttfc[t.name].append(asyncio.run(stream_ttfc(
-                f"{t.url}/v1/chat/completions", t.headers, 100)))
+            ttfc[t.name].append(
+                asyncio.run(stream_ttfc(f"{t.url}/v1/chat/completions", t.headers, 100))
+            )
     for t in targets:
         t.ttfc_ms = statistics.median(ttfc[t.name])
 
 
 def router_config(path: Path, fast: str, slow: str) -> None:
-    path.write_text(json.dumps({
-        "listen": {"host": HOST, "port": 0},
-        "models": ["auto"],
-        "experts": [
-            {"name": "fast", "urls": [fast], "model": "auto",
-             "prices": {"inputPerMillion": "0.1", "outputPerMillion": "0.2"}},
-            {"name": "slow", "urls": [slow], "model": "slow"},
-        ],
-        "classifier": {"stages": [{"type": "rules"}], "intents": [
-            {"name": "code", "keywords": ["python", "function", "bug"],
-             "patterns": [r"\bdef \w+\("]},
-            {"name": "summarize", "keywords": ["summarize", "tl;dr"]}],
-            "defaultIntent": "chat"},
-        "routes": [{"name": "code", "match": {"intents": ["code"]}, "expert": "fast"},
-                   {"name": "other", "expert": "fast"}],
-        "defaults": {"maxWaitingRequests": 2000},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "listen": {"host": HOST, "port": 0},
+                "models": ["auto"],
+                "experts": [
+                    {
+                        "name": "fast",
+                        "urls": [fast],
+                        "model": "auto",
+                        "prices": {"inputPerMillion": "0.1", "outputPerMillion": "0.2"},
+                    },
+                    {"name": "slow", "urls": [slow], "model": "slow"},
+                ],
+                "classifier": {
+                    "stages": [{"type": "rules"}],
+                    "intents": [
+                        {
+                            "name": "code",
+                            "keywords": ["python", "function", "bug"],
+                            "patterns": [r"\bdef \w+\("],
+                        },
+                        {"name": "summarize", "keywords": ["summarize", "tl;dr"]},
+                    ],
+                    "defaultIntent": "chat",
+                },
+                "routes": [
+                    {"name": "code", "match": {"intents": ["code"]}, "expert": "fast"},
+                    {"name": "other", "expert": "fast"},
+                ],
+                "defaults": {"maxWaitingRequests": 2000},
+            }
+        )
+    )
 
 
 def litellm_config(path: Path, fast: str, slow: str) -> None:
-    path.write_text(json.dumps({
-        "model_list": [
-            {"model_name": "auto", "litellm_params": {
-                "model": "openai/auto", "api_base": f"{fast}/v1", "api_key": "sk-unused"}},
-            {"model_name": "slow", "litellm_params": {
-                "model": "openai/slow", "api_base": f"{slow}/v1", "api_key": "sk-unused"}},
-        ],
-        "general_settings": {"master_key": MASTER_KEY},
-        "litellm_settings": {"telemetry": False},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": "auto",
+                        "litellm_params": {
+                            "model": "openai/auto",
+                            "api_base": f"{fast}/v1",
+                            "api_key": "sk-unused",
+                        },
+                    },
+                    {
+                        "model_name": "slow",
+                        "litellm_params": {
+                            "model": "openai/slow",
+                            "api_base": f"{slow}/v1",
+                            "api_key": "sk-unused",
+                        },
+                    },
+                ],
+                "general_settings": {"master_key": MASTER_KEY},
+                "litellm_settings": {"telemetry": False},
+            }
+        )
+    )
 
 
 def table(targets: list[Target], direct: Target, streams: int) -> str:
-    head = ["", "added p50 c=1", "added p99 c=1", "req/s c=32", "max req/s (p99 +<5ms)",
-            "stream TTFC (+)", "CPU/req", "req/s per CPU-s", f"peak RSS, {streams} streams"]
+    head = [
+        "",
+        "added p50 c=1",
+        "added p99 c=1",
+        "req/s c=32",
+        "max req/s (p99 +<5ms)",
+        "stream TTFC (+)",
+        "CPU/req",
+        "req/s per CPU-s",
+        f"peak RSS, {streams} streams",
+    ]
     rows = [head]
     for t in targets:
         c1, d1 = t.rows[1], direct.rows[1]
-        sustainable = max((r.rps for c, r in t.rows.items()
-                           if r.p99_ms - direct.rows[c].p99_ms < 5.0 and r.errors == 0),
-                          default=0.0)
+        sustainable = max(
+            (
+                r.rps
+                for c, r in t.rows.items()
+                if r.p99_ms - direct.rows[c].p99_ms < 5.0 and r.errors == 0
+            ),
+            default=0.0,
+        )
         is_direct = t is direct
-        rows.append([
-            t.name,
-            "-" if is_direct else f"+{c1.p50_ms - d1.p50_ms:.2f} ms",
-            "-" if is_direct else f"+{c1.p99_ms - d1.p99_ms:.2f} ms",
-            f"{t.rows[32].rps:,.0f}",
-            f"{sustainable:,.0f}",
-            f"{t.ttfc_ms:.2f} ms" if is_direct or t.ttfc_ms is None or direct.ttfc_ms is None
-            else f"+{t.ttfc_ms - direct.ttfc_ms:.2f} ms",
-            "-" if t.cpu_ms_per_request is None else f"{t.cpu_ms_per_request:.2f} ms",
-            "-" if not t.cpu_ms_per_request else f"{1000 / t.cpu_ms_per_request:,.0f}",
-            "-" if t.rss_mib is None else f"{t.rss_mib:.0f} MiB ({t.streams_ok} ok)",
-        ])
+        rows.append(
+            [
+                t.name,
+                "-" if is_direct else f"+{c1.p50_ms - d1.p50_ms:.2f} ms",
+                "-" if is_direct else f"+{c1.p99_ms - d1.p99_ms:.2f} ms",
+                f"{t.rows[32].rps:,.0f}",
+                f"{sustainable:,.0f}",
+                f"{t.ttfc_ms:.2f} ms"
+                if is_direct or t.ttfc_ms is None or direct.ttfc_ms is None
+                else f"+{t.ttfc_ms - direct.ttfc_ms:.2f} ms",
+                "-" if t.cpu_ms_per_request is None else f"{t.cpu_ms_per_request:.2f} ms",
+                "-" if not t.cpu_ms_per_request else f"{1000 / t.cpu_ms_per_request:,.0f}",
+                "-" if t.rss_mib is None else f"{t.rss_mib:.0f} MiB ({t.streams_ok} ok)",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in rows]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--litellm", type=Path, default=DEFAULT_LITELLM)
     parser.add_argument("--no-litellm", action="store_true")
@@ -312,56 +397,113 @@ def main() -> int:
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        fast_port, slow_port, router_port, litellm_port, bare_port = (
-            free_port() for _ in range(5))
+        fast_port, slow_port, router_port, litellm_port, bare_port = (free_port() for _ in range(5))
         fast, slow = f"http://{HOST}:{fast_port}", f"http://{HOST}:{slow_port}"
         sim = [python, "-m", "modelflock", "engine-sim", "--host", HOST, "--loop", "uvloop"]
-        with process([*sim, "--port", str(fast_port), "--model", "auto", "--instant"], 1), \
-             process([*sim, "--port", str(slow_port), "--model", "slow", "--prefill-ms", "0",
-                      "--decode-ms", "100", "--output-tokens", "20", "--max-batch", "5000",
-                      "--max-concurrent", "5000"], 1):
+        with (
+            process([*sim, "--port", str(fast_port), "--model", "auto", "--instant"], 1),
+            process(
+                [
+                    *sim,
+                    "--port",
+                    str(slow_port),
+                    "--model",
+                    "slow",
+                    "--prefill-ms",
+                    "0",
+                    "--decode-ms",
+                    "100",
+                    "--output-tokens",
+                    "20",
+                    "--max-batch",
+                    "5000",
+                    "--max-concurrent",
+                    "5000",
+                ],
+                1,
+            ),
+        ):
             wait_http(f"{fast}/health")
             wait_http(f"{slow}/health")
             targets = [Target("direct (engine)", fast)]
             router_config(work / "router.json", fast, slow)
-            router_cmd = [python, "-m", "modelflock", "router", "--config",
-                          str(work / "router.json"), "--port", str(router_port),
-                          "--loop", "uvloop", "--log-level", "WARNING"]
-            env = {"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                   "LITELLM_TELEMETRY": "False"}
+            router_cmd = [
+                python,
+                "-m",
+                "modelflock",
+                "router",
+                "--config",
+                str(work / "router.json"),
+                "--port",
+                str(router_port),
+                "--loop",
+                "uvloop",
+                "--log-level",
+                "WARNING",
+            ]
+            env = {
+                "LITELLM_MASTER_KEY": MASTER_KEY,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_TELEMETRY": "False",
+            }
             litellm_config(work / "litellm.json", fast, slow)
-            litellm_cmd = [str(args.litellm), "--config", str(work / "litellm.json"), "--host",
-                           HOST, "--port", str(litellm_port), "--num_workers", "1"]
-            bare_cmd = [python, str(Path(__file__).with_name("bare_proxy.py")), fast,
-                        str(bare_port)]
+            litellm_cmd = [
+                str(args.litellm),
+                "--config",
+                str(work / "litellm.json"),
+                "--host",
+                HOST,
+                "--port",
+                str(litellm_port),
+                "--num_workers",
+                "1",
+            ]
+            bare_cmd = [
+                python,
+                str(Path(__file__).with_name("bare_proxy.py")),
+                fast,
+                str(bare_port),
+            ]
             with contextlib.ExitStack() as stack:
                 bare = stack.enter_context(process(bare_cmd, 0))
                 wait_http(f"http://{HOST}:{bare_port}/health")
-                targets.append(Target("bare aiohttp proxy", f"http://{HOST}:{bare_port}",
-                                      pid=bare.pid))
+                targets.append(
+                    Target("bare aiohttp proxy", f"http://{HOST}:{bare_port}", pid=bare.pid)
+                )
                 router = stack.enter_context(process(router_cmd, 0, log=work / "router.log"))
                 base = f"http://{HOST}:{router_port}"
                 wait_http(f"{base}/readyz")
                 targets.append(Target("ModelFlock router", base, pid=router.pid))
                 if not args.no_litellm:
                     litellm = stack.enter_context(
-                        process(litellm_cmd, 0, env=env, log=work / "litellm.log"))
+                        process(litellm_cmd, 0, env=env, log=work / "litellm.log")
+                    )
                     lbase = f"http://{HOST}:{litellm_port}"
                     wait_http(f"{lbase}/health/liveliness", 180)
-                    targets.append(Target("LiteLLM proxy", lbase,
-                                          {"Authorization": f"Bearer {MASTER_KEY}"},
-                                          litellm.pid))
+                    targets.append(
+                        Target(
+                            "LiteLLM proxy",
+                            lbase,
+                            {"Authorization": f"Bearer {MASTER_KEY}"},
+                            litellm.pid,
+                        )
+                    )
                 measure_all(targets, args.duration, args.reps, work)
                 for t in targets[2:]:
                     assert t.pid is not None
-                    t.streams_ok = asyncio.run(many_streams(
-                        f"{t.url}/v1/chat/completions", t.headers, args.streams, "slow"))
+                    t.streams_ok = asyncio.run(
+                        many_streams(
+                            f"{t.url}/v1/chat/completions", t.headers, args.streams, "slow"
+                        )
+                    )
                     t.rss_mib = peak_rss_mib(t.pid)
     load = os.getloadavg()
     print(table(targets, targets[0], args.streams))
-    print(f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} cores; medians of {args.reps} interleaved wrk runs of "
-          f"{args.duration} s each")
+    print(
+        f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"on {os.cpu_count()} cores; medians of {args.reps} interleaved wrk runs of "
+        f"{args.duration} s each"
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests" / "cluster"), str(REPO / "tests")]
 
 from localcluster import LocalCluster  # noqa: E402
+
 from support import OperatorProcess, free_port, wait_for  # noqa: E402
 
 NAMESPACE = "modelflock-demo"
@@ -54,18 +55,38 @@ class SimProfile:
 
     def args(self, host: str, port: int, model: str) -> list[str]:
         return [
-            sys.executable, "-m", "modelflock", "engine-sim",
-            "--host", host, "--port", str(port), "--flavour", self.flavour, "--model", model,
-            "--max-batch", str(self.max_batch), "--prefill-ms", str(self.prefill_ms),
-            "--decode-ms", str(self.decode_ms), "--output-tokens", str(self.output_tokens),
+            sys.executable,
+            "-m",
+            "modelflock",
+            "engine-sim",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--flavour",
+            self.flavour,
+            "--model",
+            model,
+            "--max-batch",
+            str(self.max_batch),
+            "--prefill-ms",
+            str(self.prefill_ms),
+            "--decode-ms",
+            str(self.decode_ms),
+            "--output-tokens",
+            str(self.output_tokens),
         ]
 
 
 # Small models refuse what is marked hard (so cascades escalate); big ones are slower.
 PROFILES: dict[str, SimProfile] = {
-    "intent-small": SimProfile(max_batch=32, decode_ms=2, output_tokens=24, replies={HARD_MARKER: REFUSAL}),
+    "intent-small": SimProfile(
+        max_batch=32, decode_ms=2, output_tokens=24, replies={HARD_MARKER: REFUSAL}
+    ),
     "embed-small": SimProfile(max_batch=64, decode_ms=1),
-    "code-7b": SimProfile(max_batch=4, prefill_ms=20, decode_ms=8, output_tokens=48, replies={HARD_MARKER: REFUSAL}),
+    "code-7b": SimProfile(
+        max_batch=4, prefill_ms=20, decode_ms=8, output_tokens=48, replies={HARD_MARKER: REFUSAL}
+    ),
     "writer-70b": SimProfile(max_batch=8, prefill_ms=40, decode_ms=12, output_tokens=96),
     "summarize-tgi": SimProfile(flavour="tgi", max_batch=8, decode_ms=5, output_tokens=40),
 }
@@ -80,7 +101,9 @@ class EngineFleet:
         self.cluster = cluster
         self.namespace = namespace
         self.logdir = logdir
-        self.sims: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}  # pod -> (proc, expert, url)
+        self.sims: dict[
+            str, tuple[subprocess.Popen[bytes], str, str]
+        ] = {}  # pod -> (proc, expert, url)
         self.killed: set[str] = set()  # experts whose engines were killed on purpose
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -112,7 +135,12 @@ class EngineFleet:
                 continue
             expert = meta["labels"]["modelflock.io/expert"]
             port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
-            wanted[meta["name"]] = (expert, ip, port, meta["labels"].get("app.kubernetes.io/name", "vllm"))
+            wanted[meta["name"]] = (
+                expert,
+                ip,
+                port,
+                meta["labels"].get("app.kubernetes.io/name", "vllm"),
+            )
         with self._lock:
             for name in [n for n in self.sims if n not in wanted]:
                 self._stop_sim(name)
@@ -124,7 +152,10 @@ class EngineFleet:
         profile = PROFILES.get(expert, SimProfile())
         log = (self.logdir / f"{pod}.log").open("ab")
         proc = subprocess.Popen(
-            profile.args(ip, port, expert), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            profile.args(ip, port, expert),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         url = f"http://{ip}:{port}"
@@ -176,15 +207,18 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=2) as response:
         return int(response.status)
 
 
 def _post(url: str, body: dict[str, Any]) -> int:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=5) as response:
         return int(response.status)
 
 
@@ -210,7 +244,9 @@ class Portfolio:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.say("starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok GPU pools)")
+        self.say(
+            "starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok GPU pools)"
+        )
         self.cluster = LocalCluster(workdir=self.workdir / "cluster")
         self.cluster.start()
         self.say("installing the Helm chart (CRDs, RBAC, operator configuration, webhook)")
@@ -225,7 +261,9 @@ class Portfolio:
         self.say("waiting for the experts to become Ready on their GPU pools")
         wait_for(self.experts_ready, "every expert Ready", 120)
         wait_for(lambda: self.policy_ready(), "RoutingPolicy portfolio Ready", 60)
-        self.say("starting the router with the config the operator rendered for RoutingPolicy portfolio")
+        self.say(
+            "starting the router with the config the operator rendered for RoutingPolicy portfolio"
+        )
         self.start_router()
 
     def helm(self, *args: str) -> str:
@@ -233,7 +271,10 @@ class Portfolio:
         assert self.cluster.bin_dir is not None
         result = subprocess.run(
             [str(self.cluster.bin_dir / "helm"), *args],
-            capture_output=True, text=True, env=self.cluster.env(), timeout=180,
+            capture_output=True,
+            text=True,
+            env=self.cluster.env(),
+            timeout=180,
         )
         if result.returncode != 0:
             raise RuntimeError(f"helm {' '.join(args)} failed: {result.stderr}")
@@ -241,22 +282,38 @@ class Portfolio:
 
     def helm_install(self) -> None:
         self.helm(
-            "install", RELEASE, str(REPO / "charts" / "modelflock"),
-            "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-            "-f", str(REPO / "demo" / "values-local.yaml"),
-            "--wait=false", "--timeout", "120s",
+            "install",
+            RELEASE,
+            str(REPO / "charts" / "modelflock"),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "-f",
+            str(REPO / "demo" / "values-local.yaml"),
+            "--wait=false",
+            "--timeout",
+            "120s",
         )
         assert self.cluster is not None
         self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/modelexperts.modelflock.io", "crd/routingpolicies.modelflock.io",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modelexperts.modelflock.io",
+            "crd/routingpolicies.modelflock.io",
         )
 
     def chart_config(self) -> dict[str, Any]:
         assert self.cluster is not None
         out = self.cluster.kubectl(
-            "get", "configmap", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/instance=" + RELEASE,
-            "-o", "json",
+            "get",
+            "configmap",
+            "-n",
+            RELEASE_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/instance=" + RELEASE,
+            "-o",
+            "json",
         )
         for item in json.loads(out)["items"]:
             if "config.yaml" in item.get("data", {}):
@@ -280,11 +337,19 @@ class Portfolio:
         key_file.write_text(DEMO_API_KEY)
         log = (self.workdir / "frontier.log").open("ab")
         self.frontier = subprocess.Popen(
-            [*FRONTIER.args("127.0.0.1", self.frontier_port, "frontier-large"), "--api-key-file", str(key_file)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                *FRONTIER.args("127.0.0.1", self.frontier_port, "frontier-large"),
+                "--api-key-file",
+                str(key_file),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
-        wait_for(lambda: _get(f"http://127.0.0.1:{self.frontier_port}/health") == 200, "frontier sim", 15)
+        wait_for(
+            lambda: _get(f"http://127.0.0.1:{self.frontier_port}/health") == 200, "frontier sim", 15
+        )
 
     def example_documents(self) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = []
@@ -322,7 +387,10 @@ class Portfolio:
     def experts_ready(self) -> bool:
         experts = self.experts()
         return bool(experts) and all(
-            any(c["type"] == "Ready" and c["status"] == "True" for c in e.get("status", {}).get("conditions", []))
+            any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in e.get("status", {}).get("conditions", [])
+            )
             for e in experts
         )
 
@@ -341,10 +409,14 @@ class Portfolio:
         """The ConfigMap the operator rendered, with in-cluster paths mapped to local files."""
         assert self.cluster is not None
         name = self.policy()["status"]["configMapName"]
-        cm = json.loads(self.cluster.kubectl("get", "configmap", name, "-n", NAMESPACE, "-o", "json"))
+        cm = json.loads(
+            self.cluster.kubectl("get", "configmap", name, "-n", NAMESPACE, "-o", "json")
+        )
         config: dict[str, Any] = yaml.safe_load(cm["data"]["router.yaml"])
         secret = json.loads(
-            self.cluster.kubectl("get", "secret", "portfolio-router-token", "-n", NAMESPACE, "-o", "json")
+            self.cluster.kubectl(
+                "get", "secret", "portfolio-router-token", "-n", NAMESPACE, "-o", "json"
+            )
         )
         token_file = self.workdir / "router-token"
         token_file.write_text(base64.b64decode(secret["data"]["token"]).decode())
@@ -362,7 +434,9 @@ class Portfolio:
         log = (self.workdir / "router.log").open("ab")
         self.router = subprocess.Popen(
             [sys.executable, "-m", "modelflock", "router", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         base = self.router_url.removesuffix("/v1")
@@ -370,16 +444,20 @@ class Portfolio:
 
     def router_metrics(self) -> str:
         base = self.router_url.removesuffix("/v1")
-        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
             text: str = response.read().decode()
             return text
 
     def scale_events(self) -> list[dict[str, Any]]:
         assert self.cluster is not None
         items = json.loads(
-            self.cluster.kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "reason=Scaled", "-o", "json")
+            self.cluster.kubectl(
+                "get", "events", "-n", NAMESPACE, "--field-selector", "reason=Scaled", "-o", "json"
+            )
         )["items"]
-        events: list[dict[str, Any]] = sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        events: list[dict[str, Any]] = sorted(
+            items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""
+        )
         return events
 
     def stop(self) -> None:

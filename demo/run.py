@@ -31,10 +31,14 @@ def say(message: str) -> None:
 
 
 def experts_table(portfolio: Portfolio) -> list[str]:
-    lines = [f"  {'expert':<14} {'engine':<9} {'tier':<9} {'pool':<6} {'replicas':>8}  ready  last scale"]
+    lines = [
+        f"  {'expert':<14} {'engine':<9} {'tier':<9} {'pool':<6} {'replicas':>8}  ready  last scale"
+    ]
     for expert in sorted(portfolio.experts(), key=lambda e: e["metadata"]["name"]):
         spec, status = expert["spec"], expert.get("status", {})
-        ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "?")
+        ready = next(
+            (c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "?"
+        )
         lines.append(
             f"  {expert['metadata']['name']:<14} {spec['engine']:<9} {spec.get('tier', ''):<9}"
             f" {spec.get('nodePool', '-'):<6} {status.get('replicaSummary') or '-':>8}  {ready:<5}"
@@ -44,8 +48,12 @@ def experts_table(portfolio: Portfolio) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=".modelflock/demo", help="state and logs (default: .modelflock/demo)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir", default=".modelflock/demo", help="state and logs (default: .modelflock/demo)"
+    )
     parser.add_argument("--requests", type=int, default=60, help="mixed requests after the burst")
     parser.add_argument("--burst", type=int, default=48, help="code requests in the burst")
     parser.add_argument("--seed", type=int, default=7)
@@ -64,13 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(experts_table(portfolio)))
 
         say(f"burst: {args.burst} code requests, 24 at a time (code-7b holds 4 per replica)")
-        records = workload.run(portfolio.router_url, workload.plan({"code": args.burst}, args.seed), 24, "code burst")
+        records = workload.run(
+            portfolio.router_url, workload.plan({"code": args.burst}, args.seed), 24, "code burst"
+        )
 
         mix = {"code": 3, "writing": 2, "summary": 2, "lookup": 3, "hard": 2}
         scale = max(1, args.requests // sum(mix.values()))
         jobs = workload.plan({k: v * scale for k, v in mix.items()}, args.seed + 1)
         half = len(jobs) // 2
-        say(f"mixed workload: {len(jobs)} requests (code, writing, summaries, lookups, hard reasoning)")
+        say(
+            f"mixed workload: {len(jobs)} requests (code, writing, summaries, lookups, hard reasoning)"
+        )
         records += workload.run(portfolio.router_url, jobs[:half], 6, "mixed (1/2)")
         assert portfolio.fleet is not None
         killed = portfolio.fleet.kill_expert("summarize-tgi")
@@ -78,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         records += workload.run(portfolio.router_url, jobs[half:], 6, "mixed (2/2)")
         portfolio.fleet.revive_expert("summarize-tgi")
 
-        say(f"idle: waiting {portfolio.scale_down_seconds + 10}s for the autoscaler to scale back down")
+        say(
+            f"idle: waiting {portfolio.scale_down_seconds + 10}s for the autoscaler to scale back down"
+        )
         time.sleep(portfolio.scale_down_seconds + 10)
 
         print("\n== Experts (kubectl get modelexperts -n " + NAMESPACE + ")")
@@ -99,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             f" expert would have cost ${overall.baseline_cost:.6f}: {overall.savings:.1%} saved."
         )
         failed = [r for r in records if r.status != 200]
-        print(f"  {len(records) - len(failed)}/{len(records)} requests answered"
-              f"{'' if not failed else '; failures: ' + str(sorted({r.error for r in failed})[:3])}")
+        print(
+            f"  {len(records) - len(failed)}/{len(records)} requests answered"
+            f"{'' if not failed else '; failures: ' + str(sorted({r.error for r in failed})[:3])}"
+        )
         print(f"\nlogs and state: {workdir}")
         return 0 if not failed else 1
     except KeyboardInterrupt:

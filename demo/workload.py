@@ -70,10 +70,24 @@ def send(client: openai.OpenAI, kind: str, prompt: str) -> Record:
             model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=256
         )
     except openai.APIStatusError as error:
-        return Record(kind, error.status_code, "", "", "", "", 0, 0, 0, 0,
-                      time.monotonic() - started, error.message[:200])
+        return Record(
+            kind,
+            error.status_code,
+            "",
+            "",
+            "",
+            "",
+            0,
+            0,
+            0,
+            0,
+            time.monotonic() - started,
+            error.message[:200],
+        )
     except openai.APIConnectionError as error:
-        return Record(kind, 0, "", "", "", "", 0, 0, 0, 0, time.monotonic() - started, str(error)[:200])
+        return Record(
+            kind, 0, "", "", "", "", 0, 0, 0, 0, time.monotonic() - started, str(error)[:200]
+        )
     completion = raw.parse()
     headers = raw.headers
     usage = completion.usage
@@ -108,7 +122,12 @@ class Progress:
                 filled = self.width * self.done // max(1, self.total)
                 bar = "#" * filled + "." * (self.width - filled)
                 end = "\n" if self.done == self.total else ""
-                print(f"\r  {self.label:<18} [{bar}] {self.done}/{self.total}", end=end, file=sys.stderr, flush=True)
+                print(
+                    f"\r  {self.label:<18} [{bar}] {self.done}/{self.total}",
+                    end=end,
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def plan(mix: dict[str, int], seed: int) -> list[tuple[str, str]]:
@@ -125,7 +144,9 @@ def run(
     label: str,
     on_record: Callable[[Record], None] | None = None,
 ) -> list[Record]:
-    client = openai.OpenAI(base_url=base_url, api_key="unused-by-the-router", max_retries=0, timeout=180)
+    client = openai.OpenAI(
+        base_url=base_url, api_key="unused-by-the-router", max_retries=0, timeout=180
+    )
     progress = Progress(len(jobs), label)
     records: list[Record] = []
 
@@ -154,9 +175,13 @@ def routing_table(records: Sequence[Record]) -> list[str]:
     intents: dict[str, Counter[str]] = defaultdict(Counter)
     for record in records:
         intents[record.kind][f"{record.intent or '?'} ({record.classifier or '?'})"] += 1
-    lines = [f"  {'request kind':<12} {'answered by':<46} {'escalations':>11} {'errors':>6}  intent (classifier)"]
+    lines = [
+        f"  {'request kind':<12} {'answered by':<46} {'escalations':>11} {'errors':>6}  intent (classifier)"
+    ]
     for kind in sorted(by_kind):
-        served = ", ".join(f"{expert} ×{n}" for expert, n in by_kind[kind].most_common())
-        decided = ", ".join(f"{intent} ×{n}" for intent, n in intents[kind].most_common())
-        lines.append(f"  {kind:<12} {served:<46} {escalated[kind]:>11} {errors[kind]:>6}  {decided}")
+        served = ", ".join(f"{expert} x{n}" for expert, n in by_kind[kind].most_common())
+        decided = ", ".join(f"{intent} x{n}" for intent, n in intents[kind].most_common())
+        lines.append(
+            f"  {kind:<12} {served:<46} {escalated[kind]:>11} {errors[kind]:>6}  {decided}"
+        )
     return lines

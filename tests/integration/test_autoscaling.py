@@ -224,6 +224,8 @@ class EngineFleet:
                 await server.start(ip, PORT)
             except OSError as error:
                 await server.stop()
+                # Another process holds the pod's address: typically a concurrent test run
+                # whose kwok hands out the same loopback pod IPs.
                 self.errors.append(f"cannot bind a sim for {name} on {ip}:{PORT}: {error}")
                 continue
             self.bound.add(ip)
@@ -392,11 +394,15 @@ def ready_with(kube: KubeReader, namespace: str, name: str, replicas: int) -> An
 
 
 def wait_serving(fleet: EngineFleet, expert: str, count: int, timeout: float = 30) -> list[str]:
-    return wait_for(
-        lambda: (urls := fleet.urls(expert)) and len(urls) == count and urls,
-        f"{count} sims serving {expert}",
-        timeout,
-    )
+    deadline = time.monotonic() + timeout
+    while True:
+        urls = fleet.urls(expert)
+        if len(urls) == count:
+            return urls
+        assert not fleet.errors, f"engine sims failed: {fleet.errors}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {count} sims: {urls}")
+        time.sleep(0.1)
 
 
 def poll_until(

@@ -123,9 +123,14 @@ async def test_slow_stage_times_out_and_hands_over(flock: Flock) -> None:
 
 async def test_embedding_expert_down_at_load_then_back(flock: Flock) -> None:
     router = await portfolio(
-        flock, [{"type": "embedding", "expert": "clf", "timeoutMilliseconds": 2000}],
-        behaviour={"mode": "error"})
+        flock,
+        [{"type": "embedding", "expert": "clf", "timeoutMilliseconds": 2000}],
+        behaviour={"mode": "error"},
+    )
     assert (await ask(flock, router, "write me a poem about the sea"))["classifier"] == "default"
     flock.sims["clf"].set_behaviour(mode="ok")  # examples are embedded on the next use
     assert await ask(flock, router, "write me a poem about the sea") == {
-        "expert": "poet", "intent": "poetry", "classifier": "embedding"}
+        "expert": "poet",
+        "intent": "poetry",
+        "classifier": "embedding",
+    }

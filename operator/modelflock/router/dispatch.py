@@ -62,6 +62,10 @@ class Job:
     attempts: int = 0
     escalations: int = 0
     reasons: list[str] = field(default_factory=list)
+    # What this request cost (every answer paid for, escalated ones included) and what the
+    # final answer would have cost at the baseline expert's prices.
+    cost: float = 0.0
+    baseline_cost: float = 0.0
 
     def headers(self, expert: str) -> dict[str, str]:
         return {
@@ -144,10 +148,14 @@ class Dispatcher:
         m.tokens.inc((*key, "input"), prompt)
         m.tokens.inc((*key, "output"), completion)
         runtime = job.state.experts[expert]
-        m.cost.inc(key, runtime.cost(prompt, completion))
+        cost = runtime.cost(prompt, completion)
+        job.cost += cost
+        m.cost.inc(key, cost)
         if baseline:
             base = job.state.baseline or runtime
-            m.baseline_cost.inc(key, base.cost(prompt, completion))
+            baseline_cost = base.cost(prompt, completion)
+            job.baseline_cost += baseline_cost
+            m.baseline_cost.inc(key, baseline_cost)
 
     def account(self, job: Job, expert: str, code: int, tokens: tuple[int, int]) -> None:
         m, route = self.metrics, job.route
@@ -236,7 +244,13 @@ class Dispatcher:
             (job.route, expert), asyncio.get_running_loop().time() - job.started
         )
         self.account(job, expert, answer.status, _usage(answer.payload))
-        response = web.Response(status=answer.status, body=body, headers=job.headers(expert))
+        # Non-streaming answers also carry their cost (streams commit headers before usage).
+        headers = {
+            **job.headers(expert),
+            "x-modelflock-cost": repr(job.cost),
+            "x-modelflock-baseline-cost": repr(job.baseline_cost),
+        }
+        response = web.Response(status=answer.status, body=body, headers=headers)
         response.content_type = answer.content_type or "application/json"
         return response
 
