@@ -21,11 +21,12 @@ demo: $(STAMP) cluster-build
 test: lint cluster-build
 	$(PY) -m pytest -p no:cacheprovider tests
 
-lint: $(STAMP)
+lint: $(STAMP) cluster-build
 	$(VENV)/bin/ruff check operator tests bench demo
 	$(VENV)/bin/ruff format --check operator tests bench demo
 	$(VENV)/bin/mypy
 	$(PY) -m modelflock crds --check
+	hack/render-manifests.sh --check
 
 unit: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider tests/unit
@@ -40,8 +41,10 @@ cluster-up: $(STAMP) cluster-build
 cluster-down:
 	$(PY) tests/cluster/localcluster.py down
 
-crds: $(STAMP)
+## crds: regenerate crds/ from the API models, and the chart's copies and plain manifests
+crds: $(STAMP) cluster-build
 	$(PY) -m modelflock crds
+	hack/render-manifests.sh
 
 clean:
 	rm -rf $(VENV) .modelflock .mypy_cache .ruff_cache dist build

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from modelflock.openai_text import message_text
 from modelflock.router.errors import RequestError
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -24,18 +25,6 @@ class ParsedRequest:
     wants_json: bool
 
 
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
 def _chat_prompt(body: dict[str, Any]) -> tuple[str, int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -44,7 +33,7 @@ def _chat_prompt(body: dict[str, Any]) -> tuple[str, int]:
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise RequestError(400, "each message must be an object with a 'role'", "messages")
-        text = _content_text(message.get("content"))
+        text = message_text(message.get("content"))
         total += len(text)
         if message["role"] == "user":
             last_user = text

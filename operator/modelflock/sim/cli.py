@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
+from modelflock.aio import loop_factory
 from modelflock.sim.config import Behaviour, FailMode, SimSettings
 from modelflock.sim.server import SimServer
 
@@ -66,20 +66,6 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
             ready=not args.not_ready,
         ),
     )
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when asked (or available with `auto`); None means asyncio's default loop."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 async def _serve(settings: SimSettings, host: str, port: int) -> None:

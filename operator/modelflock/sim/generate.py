@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modelflock.openai_text import message_text
 from modelflock.sim.config import Behaviour, SimSettings
 from modelflock.sim.text import REFUSAL_TEXT, count_tokens, generate_words
 
@@ -46,19 +47,6 @@ class Output:
     @property
     def text(self) -> str:
         return "".join(self.tokens)
-
-
-def message_text(content: object) -> str:
-    """Text of a chat message content: a string or a list of `{type: text}` parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
 
 
 def _prompt_text(body: dict[str, Any], chat: bool) -> str:
