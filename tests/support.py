@@ -3,6 +3,7 @@ polling with a deadline, reading objects as JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,17 @@ import yaml
 from localcluster import DEFAULT_POOLS, LocalCluster
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def fresh_namespace(cluster: LocalCluster, name: str) -> Iterator[str]:
+    """A namespace for one test module, deleted (and waited for) afterwards: its pods hold
+    fake GPUs that later modules need."""
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
 def free_port() -> int:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from localcluster import LocalCluster
+
+from support import fresh_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -19,9 +22,9 @@ NS = "api-tests"
 
 
 @pytest.fixture(scope="module")
-def namespace(cluster: LocalCluster) -> str:
-    cluster.kubectl("create", "namespace", NS)
-    return NS
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    with fresh_namespace(cluster, NS) as name:
+        yield name
 
 
 def _apply(cluster: LocalCluster, doc: dict[str, Any], *extra: str) -> tuple[bool, str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from localcluster import LocalCluster
 
-from support import OperatorProcess, apply, condition, get_json, wait_for
+from support import OperatorProcess, apply, condition, fresh_namespace, get_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -16,9 +17,9 @@ NS = "experts"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def namespace(cluster: LocalCluster, operator: OperatorProcess) -> str:
-    cluster.kubectl("create", "namespace", NS)
-    return NS
+def namespace(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
+    with fresh_namespace(cluster, NS) as name:
+        yield name
 
 
 def expert(name: str, **spec: Any) -> dict[str, Any]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from localcluster import NODE_IP, POD_CIDR, LocalCluster
+
+from support import fresh_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -55,8 +58,9 @@ def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def namespace(cluster: LocalCluster) -> None:
-    cluster.kubectl("create", "namespace", NS)
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    with fresh_namespace(cluster, NS) as name:
+        yield name
 
 
 def test_pools_exist_with_gpu_capacity_and_taints(cluster: LocalCluster) -> None:

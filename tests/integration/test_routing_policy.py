@@ -15,7 +15,7 @@ import yaml
 from localcluster import LocalCluster
 
 from modelflock.router.config import parse_config
-from support import OperatorProcess, apply, condition, get_json, wait_for
+from support import OperatorProcess, apply, condition, fresh_namespace, get_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -85,8 +85,13 @@ def policy(name: str, experts: list[str], **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def namespace(cluster: LocalCluster, operator: OperatorProcess) -> str:
-    cluster.kubectl("create", "namespace", NS)
+def namespace(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
+    with fresh_namespace(cluster, NS) as name:
+        _populate(cluster)
+        yield name
+
+
+def _populate(cluster: LocalCluster) -> None:
     cluster.kubectl(
         "create",
         "secret",
@@ -99,7 +104,6 @@ def namespace(cluster: LocalCluster, operator: OperatorProcess) -> str:
     apply(cluster, NS, expert("code-7b"))
     apply(cluster, NS, FRONTIER)
     apply(cluster, NS, policy("portfolio", ["code-7b", "frontier"]))
-    return NS
 
 
 def get_policy(cluster: LocalCluster, name: str) -> Any:

@@ -33,7 +33,8 @@ class BatchQueue:
             if waiter.done() and not waiter.cancelled():
                 # The slot was handed over just as we were cancelled: pass it on.
                 self._release()
-            else:
+            elif waiter in self._waiters:
+                # (_release may already have dropped it while skipping cancelled waiters)
                 self._waiters.remove(waiter)
             raise
 
