@@ -2,7 +2,7 @@
 engine for every engine pod the scheduler placed, and the router. Used by `make demo`
 (demo/run.py) and by the end-to-end test (tests/e2e).
 
-Everything listens on loopback: kwok gives pods IPs in 127.64.0.0/16 and each simulated engine
+Everything listens on loopback: kwok gives pods IPs in a /16 of 127.64.0.0/10 and each simulated engine
 binds its pod's IP, so the operator scrapes and the router calls "pods" without leaving the
 machine. The operator runs as a local process with the configuration the chart rendered (the
 chart's own Deployment stays Pending: the fake nodes are GPU-tainted and run no containers).
@@ -261,6 +261,8 @@ class Portfolio:
         self.say("waiting for the experts to become Ready on their GPU pools")
         wait_for(self.experts_ready, "every expert Ready", 120)
         wait_for(lambda: self.policy_ready(), "RoutingPolicy portfolio Ready", 60)
+        # kwok marks pods Ready at once; make sure each has its engine (and canned replies).
+        self.fleet.sync()
         self.say(
             "starting the router with the config the operator rendered for RoutingPolicy portfolio"
         )

@@ -5,7 +5,7 @@ kube-scheduler and kwok (fake GPU nodes), with certificates made by the openssl 
     python tests/cluster/localcluster.py down [--dir DIR]   # stop everything it started
 
 Binaries come from tests/cluster/build.sh (built from Go modules, cached outside the repo).
-Everything listens on 127.0.0.1; kwok gives pods IPs in 127.64.0.0/16 and nodes 127.0.0.2,
+Everything listens on 127.0.0.1; kwok gives pods IPs in a /16 inside 127.64.0.0/10 and nodes 127.0.0.2,
 so nothing ever dials outside the loopback range (see TESTING.md's network rule).
 """
 
@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -28,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-POD_CIDR = "127.64.0.0/16"
+# Each cluster draws its own /16 for pod IPs from 127.64.0.0-127.127.255.255, so clusters (and
+# the simulated engines bound to their pod IPs) running side by side never collide.
+POD_CIDR_SECOND_OCTETS = range(64, 128)
 NODE_IP = "127.0.0.2"
 SERVICE_CIDR = "10.96.0.0/16"  # ClusterIPs are allocated, never dialled.
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -107,6 +110,9 @@ class LocalCluster:
     pools: Sequence[GpuPool] = DEFAULT_POOLS
     bin_dir: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    pod_cidr: str = field(
+        default_factory=lambda: f"127.{random.choice(POD_CIDR_SECOND_OCTETS)}.0.0/16"
+    )
 
     @property
     def kubeconfig(self) -> Path:
@@ -300,7 +306,7 @@ class LocalCluster:
                 f"--kubeconfig={self.kubeconfig}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={self.pod_cidr}",
                 f"--node-ip={NODE_IP}",
                 "--node-lease-duration-seconds=40",
                 "--server-address=127.0.0.1:" + str(port),

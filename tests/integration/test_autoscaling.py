@@ -1,7 +1,7 @@
 """Queue-depth autoscaling against the real control plane, with one simulated engine per pod.
 
 The operator under test scrapes each ready pod's `http://<podIP>:8000/metrics`. kwok gives
-pods loopback IPs (127.64.0.0/16), so `EngineFleet` binds an in-process engine-sim to every
+pods loopback IPs (a /16 inside 127.64.0.0/10), so `EngineFleet` binds an in-process engine-sim to every
 engine pod the scheduler places, and load goes straight to those pod URLs. The session operator
 ticks every `INTERVAL` seconds (support.operator_config).
 """
@@ -39,6 +39,8 @@ T = TypeVar("T")
 INTERVAL = 1.0  # the session operator's autoscaler intervalSeconds
 PORT = 8000  # vLLM
 EXPERT_LABEL = "modelflock.io/expert"
+# 8 fake GPUs; a test here holds at most 4 pods, and each namespace is gone before the next test.
+POOL = "l4"
 # Slow engines with a small batch, so that requests queue: 2 run at once, ~0.8 s each.
 SLOW = SimSettings(
     max_batch=2, prefill_seconds=0.0, decode_seconds_per_token=0.05, output_tokens=16
@@ -346,12 +348,23 @@ def kube(cluster: LocalCluster) -> KubeReader:
 
 @pytest.fixture
 def namespace(
-    request: pytest.FixtureRequest, cluster: LocalCluster, operator: OperatorProcess
+    request: pytest.FixtureRequest,
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    kube: KubeReader,
 ) -> Iterator[str]:
     name = "as-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+    # The next test needs the GPUs back; the rest of the namespace may go in the background
+    # (waiting for the whole deletion, as support.fresh_namespace does, costs ~15 s per test).
+    wait_for(
+        lambda: not kube.get(f"/api/v1/namespaces/{name}/pods")["items"],
+        f"the pods of namespace {name} gone",
+        60,
+        interval=0.5,
+    )
 
 
 @pytest.fixture
@@ -369,7 +382,7 @@ def expert(name: str, replicas: int | None = None, **autoscaling: Any) -> dict[s
     spec: dict[str, Any] = {
         "engine": "vllm",
         "model": {"name": "org/model-7b", "parameters": "7B"},
-        "nodePool": "l4",
+        "nodePool": POOL,
         "autoscaling": autoscaling,
     }
     if replicas is not None:
@@ -401,7 +414,18 @@ def wait_serving(fleet: EngineFleet, expert: str, count: int, timeout: float = 3
             return urls
         assert not fleet.errors, f"engine sims failed: {fleet.errors}"
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {count} sims: {urls}")
+            pods = [
+                (
+                    p["metadata"]["name"],
+                    p["status"].get("phase"),
+                    p["status"].get("podIP"),
+                    [c.get("message") for c in p["status"].get("conditions", [])],
+                )
+                for p in fleet.kube.pods(fleet.namespace, expert)
+            ]
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {count} sims: {urls}; {pods}"
+            )
         time.sleep(0.1)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from localcluster import NODE_IP, POD_CIDR, LocalCluster
+from localcluster import NODE_IP, LocalCluster
 
 from support import fresh_namespace
 
@@ -86,7 +86,7 @@ def test_one_gpu_pod_runs_on_its_pool(cluster: LocalCluster) -> None:
     assert _condition(pod, "Ready").get("status") == "True", pod["status"]
     assert pod["status"]["phase"] == "Running"
     assert pod["spec"]["nodeName"].startswith("gpu-l4-")
-    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_CIDR)
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(cluster.pod_cidr)
 
 
 def test_too_many_gpus_stays_pending_unschedulable(cluster: LocalCluster) -> None:

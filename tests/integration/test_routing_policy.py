@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import time
 import urllib.error
@@ -277,7 +278,9 @@ def test_flock_api_shows_each_router_only_its_policy(
 
     doc = wait_for(endpoints, "code-7b endpoints", 30)
     assert set(doc["experts"]) <= {"code-7b", "frontier"} and "other-7b" not in doc["experts"]
-    assert doc["experts"]["code-7b"]["endpoints"][0]["url"].startswith("http://127.64.")
+    url = doc["experts"]["code-7b"]["endpoints"][0]["url"]
+    host = url.removeprefix("http://").split(":")[0]
+    assert ipaddress.ip_address(host) in ipaddress.ip_network(cluster.pod_cidr), url
     assert _flock(operator, f"{base}/other/endpoints", token)[0] == 401
     assert _flock(operator, f"{base}/portfolio/endpoints", "wrong")[0] == 401
     assert (
