@@ -211,10 +211,9 @@ async def reconcile_expert(
         state.desired_replicas = replicas
         ready_targets, starting = split_pods(pods, spec, state, now)
         state.ready_targets = ready_targets
-        autoscaling = spec.effective_autoscaling()
-        state.autoscaling = autoscaling.enabled
+        state.autoscaling = scaling.enabled
         due = time.monotonic() - state.last_autoscale >= ctx.config.autoscaler.interval_seconds
-        if autoscaling.enabled and deployment is not None and due:
+        if scaling.enabled and deployment is not None and due:
             extra = await autoscale_tick(
                 ctx,
                 key,
