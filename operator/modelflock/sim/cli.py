@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from modelflock.aio import loop_factory
+from modelflock.aio import loop_factory, until_signalled
 from modelflock.sim.config import Behaviour, FailMode, SimSettings
 from modelflock.sim.server import SimServer
 
@@ -76,12 +75,8 @@ async def _serve(settings: SimSettings, host: str, port: int) -> None:
         f"engine-sim {settings.flavour} model={settings.model} listening on {server.url}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await server.stop()
 
