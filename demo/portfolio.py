@@ -396,6 +396,10 @@ class Portfolio:
             for e in experts
         )
 
+    def ready_replicas(self, expert: str) -> int:
+        found = next((e for e in self.experts() if e["metadata"]["name"] == expert), {})
+        return int(found.get("status", {}).get("readyReplicas") or 0)
+
     def policy(self) -> dict[str, Any]:
         assert self.cluster is not None
         policy: dict[str, Any] = json.loads(

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
-from portfolio import NAMESPACE, Portfolio  # noqa: E402
+from portfolio import NAMESPACE, Portfolio, wait_for  # noqa: E402
 
 from modelflock.router.report import format_table, summarize, total  # noqa: E402
 
@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"killed the summarize-tgi engine ({', '.join(killed)}): summaries must fall back")
         records += workload.run(portfolio.router_url, jobs[half:], 6, "mixed (2/2)")
         portfolio.fleet.revive_expert("summarize-tgi")
+
+        say("writer-70b was woken by the first writing requests (they fell back meanwhile)")
+        wait_for(lambda: portfolio.ready_replicas("writer-70b") > 0, "writer-70b awake", 120)
+        time.sleep(2)  # the router's next discovery poll sees the new replica
+        records += workload.run(
+            portfolio.router_url, workload.plan({"writing": 4}, args.seed + 2), 2, "writing, warm"
+        )
 
         say(
             f"idle: waiting {portfolio.scale_down_seconds + 10}s for the autoscaler to scale back down"

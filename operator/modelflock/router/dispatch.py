@@ -42,6 +42,8 @@ _SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+# One compact encoder for every request (json.dumps with separators builds one per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass
@@ -106,7 +108,7 @@ def build_payload(job: Job, expert: ExpertRuntime) -> bytes:
         }
     if job.adds_logprobs:
         body["logprobs"] = True if job.parsed.kind == "chat" else 1
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _COMPACT.encode(body).encode()
 
 
 def _usage(payload: object) -> tuple[int, int]:
@@ -124,7 +126,7 @@ def _without_logprobs(payload: dict[str, Any]) -> bytes:
     for choice in payload.get("choices") or []:
         if isinstance(choice, dict):
             choice["logprobs"] = None
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return _COMPACT.encode(payload).encode()
 
 
 class Dispatcher:
@@ -157,10 +159,19 @@ class Dispatcher:
             job.baseline_cost += baseline_cost
             m.baseline_cost.inc(key, baseline_cost)
 
-    def account(self, job: Job, expert: str, code: int, tokens: tuple[int, int]) -> None:
+    def account(
+        self,
+        job: Job,
+        expert: str,
+        code: int,
+        tokens: tuple[int, int],
+        now: float | None = None,
+    ) -> None:
         m, route = self.metrics, job.route
         m.requests.inc((route, expert, job.intent, str(code)))
-        m.latency.observe((route, expert), asyncio.get_running_loop().time() - job.started)
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        m.latency.observe((route, expert), now - job.started)
         if code >= 400:
             m.errors.inc((route, expert, f"http_{code}"))
         self.charge(job, expert, tokens, baseline=True)
@@ -240,19 +251,18 @@ class Dispatcher:
         body = answer.body
         if job.adds_logprobs and isinstance(answer.payload, dict):
             body = _without_logprobs(answer.payload)
-        self.metrics.ttfb.observe(
-            (job.route, expert), asyncio.get_running_loop().time() - job.started
-        )
-        self.account(job, expert, answer.status, _usage(answer.payload))
+        # For a non-streaming answer the first byte is the whole answer: one clock reading.
+        now = asyncio.get_running_loop().time()
+        self.metrics.ttfb.observe((job.route, expert), now - job.started)
+        self.account(job, expert, answer.status, _usage(answer.payload), now)
         # Non-streaming answers also carry their cost (streams commit headers before usage).
-        headers = {
-            **job.headers(expert),
-            "x-modelflock-cost": repr(job.cost),
-            "x-modelflock-baseline-cost": repr(job.baseline_cost),
-        }
-        response = web.Response(status=answer.status, body=body, headers=headers)
-        response.content_type = answer.content_type or "application/json"
-        return response
+        headers = job.headers(expert)
+        headers["x-modelflock-cost"] = repr(job.cost)
+        headers["x-modelflock-baseline-cost"] = repr(job.baseline_cost)
+        # The header the `content_type` setter would write (a bare mimetype, no charset),
+        # without its parse-and-regenerate round trip.
+        headers["Content-Type"] = answer.content_type or "application/json"
+        return web.Response(status=answer.status, body=body, headers=headers)
 
     async def _once(self, job: Job, expert: ExpertRuntime, deadline: float) -> Answer:
         base = self.upstream.endpoint(expert)

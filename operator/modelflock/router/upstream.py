@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from modelflock.router.discovery import DiscoveryClient
 
 # Upstream answers that mean "this expert is failing, try another" (not the client's fault).
 _FAILING = frozenset({401, 403, 408, 409, 429})
+_STATIC_CACHE_SIZE = 256
 
 
 class UpstreamFailure(Exception):
@@ -69,14 +70,24 @@ class Upstream:
         self.session = session
         self.discovery = discovery
         self.outstanding = Outstanding()
+        # The configured URLs of an expert as endpoints, built once per URL list (the config
+        # is immutable; a reload brings new lists, so the key is the list's content).
+        self._static: dict[tuple[str, ...], tuple[EndpointLive, ...]] = {}
+
+    def _static_endpoints(self, urls: Sequence[str]) -> tuple[EndpointLive, ...]:
+        key = tuple(urls)
+        endpoints = self._static.get(key)
+        if endpoints is None:
+            if len(self._static) >= _STATIC_CACHE_SIZE:  # bounded across many reloads
+                self._static.clear()
+            endpoints = self._static[key] = tuple(EndpointLive(u.rstrip("/")) for u in urls)
+        return endpoints
 
     def endpoint(self, expert: ExpertRuntime) -> str:
         live = self.discovery.live(expert.name) if self.discovery else None
         if live is not None and any(e.ready for e in live.endpoints):
             return choose_endpoint(live.endpoints, self.outstanding)
-        return choose_endpoint(
-            [EndpointLive(u.rstrip("/")) for u in expert.config.urls], self.outstanding
-        )
+        return choose_endpoint(self._static_endpoints(expert.config.urls), self.outstanding)
 
     async def call_json(
         self, expert: ExpertRuntime, path: str, payload: dict[str, Any]
