@@ -33,6 +33,7 @@ OUR_CRDS = ("modelexperts.modelflock.io", "routingpolicies.modelflock.io")
 # group, kind, plural of the third-party kinds the chart can render.
 THIRD_PARTY = (
     ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+    ("monitoring.coreos.com", "PodMonitor", "podmonitors"),
     ("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
     ("cert-manager.io", "Certificate", "certificates"),
     ("cert-manager.io", "Issuer", "issuers"),

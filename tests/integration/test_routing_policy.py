@@ -394,7 +394,14 @@ def test_labelled_pod_gets_exactly_one_sidecar(cluster: LocalCluster, webhook: N
     ]
     assert sidecar["securityContext"]["runAsNonRoot"] is True
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
-    assert "exec" in sidecar["readinessProbe"]
+    # The API stays on localhost; metrics and probes are on the pod IP (port mf-metrics).
+    assert sidecar["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "mf-metrics",
+        "scheme": "HTTP",
+    }
+    assert "--metrics-port=8788" in sidecar["args"]
+    assert pod["metadata"]["labels"]["modelflock.io/router-metrics"] == "sidecar"
     app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
     env = {e["name"]: e.get("value") for e in app["env"]}
     assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:8787/v1" and env["A"] == "1"

@@ -254,6 +254,7 @@ def test_full_objects(full_docs: list[dict[str, Any]]) -> None:
             "Deployment",
             "Issuer",
             "MutatingWebhookConfiguration",
+            "PodMonitor",
             "PrometheusRule",
             "Service",
             "ServiceAccount",
@@ -579,6 +580,15 @@ def test_service_monitor_scrapes_the_metrics_port(full_docs: list[dict[str, Any]
         service["metadata"]["labels"].items()
     )
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_pod_monitor_scrapes_every_router(full_docs: list[dict[str, Any]]) -> None:
+    monitor = one(full_docs, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchExpressions"] == [
+        {"key": "modelflock.io/router-metrics", "operator": "Exists"}
+    ]
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "mf-metrics"
 
 
 def test_prometheus_rules(full_docs: list[dict[str, Any]]) -> None:

@@ -273,6 +273,12 @@ class SidecarSpec(ApiModel):
         description="Inject into pods labelled modelflock.io/routing-policy=<this policy>.",
     )
     port: int = Field(default=8787, ge=1024, le=65535, description="localhost port of the router.")
+    metrics_port: int = Field(
+        default=8788,
+        ge=1024,
+        le=65535,
+        description="Port on the pod IP for /metrics and the probes (the API stays on localhost).",
+    )
     cpu: int | str = Field(default="100m", description="CPU request of the sidecar.")
     memory: int | str = Field(default="128Mi", description="Memory request and limit.")
 
@@ -282,6 +288,9 @@ class GatewaySpec(ApiModel):
 
     replicas: int = Field(default=0, ge=0, le=100, description="Gateway replicas; 0: no gateway.")
     port: int = Field(default=8787, ge=1024, le=65535, description="Service port.")
+    metrics_port: int = Field(
+        default=8788, ge=1024, le=65535, description="Port for /metrics and the probes."
+    )
 
 
 class RoutingPolicySpec(ApiModel):

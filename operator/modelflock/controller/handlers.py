@@ -224,5 +224,7 @@ def build_registry(
                 patch.spec["containers"] = result.containers
             if result.volumes is not None:
                 patch.spec["volumes"] = result.volumes
+            if result.labels is not None:
+                patch.metadata["labels"] = result.labels
 
     return registry

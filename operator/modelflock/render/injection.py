@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelflock.render.router_pod import BASE_URL_ENV, POLICY_LABEL, SIDECAR_NAME
+from modelflock.render.router_pod import (
+    BASE_URL_ENV,
+    POLICY_LABEL,
+    ROUTER_METRICS_LABEL,
+    SIDECAR_NAME,
+)
 
 OPT_OUT_ANNOTATION = "modelflock.io/inject"
 Manifest = dict[str, Any]
@@ -28,6 +33,7 @@ class Injection:
 
     containers: list[Manifest] | None = None
     volumes: list[Manifest] | None = None
+    labels: dict[str, str] | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -68,4 +74,5 @@ def inject_sidecar(pod: Mapping[str, Any], plan: SidecarPlan | None) -> Injectio
     volumes: list[Manifest] = copy.deepcopy(list(spec.get("volumes") or []))
     taken = {v.get("name") for v in volumes}
     volumes += [copy.deepcopy(v) for v in plan.volumes if v["name"] not in taken]
-    return Injection(containers=containers, volumes=volumes)
+    labels = {**(meta.get("labels") or {}), ROUTER_METRICS_LABEL: "sidecar"}
+    return Injection(containers=containers, volumes=volumes, labels=labels)

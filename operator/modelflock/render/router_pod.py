@@ -19,6 +19,8 @@ Manifest = dict[str, Any]
 POLICY_LABEL = "modelflock.io/routing-policy"
 SIDECAR_NAME = "modelflock-router"
 BASE_URL_ENV = "OPENAI_BASE_URL"
+# Pods whose router serves metrics on port `mf-metrics` (the chart's PodMonitor selects them).
+ROUTER_METRICS_LABEL = "modelflock.io/router-metrics"
 RESTRICTED = {
     "runAsNonRoot": True,
     "runAsUser": 65532,
@@ -54,17 +56,6 @@ def router_volumes(policy: str, secrets: Sequence[tuple[str, str]]) -> list[Mani
     return volumes
 
 
-def _probe(host: str, port: int, path: str) -> Manifest:
-    """HTTP probe for a listener on all interfaces; a loopback-only sidecar is probed from
-    inside the pod (the kubelet's HTTP probes dial the pod IP, which it doesn't listen on)."""
-    if host == "0.0.0.0":
-        return {"httpGet": {"path": path, "port": port}, "timeoutSeconds": 2}
-    script = (
-        f"import urllib.request; urllib.request.urlopen('http://{host}:{port}{path}', timeout=2)"
-    )
-    return {"exec": {"command": ["python3", "-c", script]}, "timeoutSeconds": 3}
-
-
 def router_container(
     policy: str,
     spec: RoutingPolicySpec,
@@ -72,6 +63,7 @@ def router_container(
     secrets: Sequence[tuple[str, str]],
     host: str,
     port: int,
+    metrics_port: int,
 ) -> Manifest:
     mounts: list[Manifest] = [
         {"name": "mf-router-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -89,17 +81,27 @@ def router_container(
             f"--config={CONFIG_DIR}/{CONFIG_KEY}",
             f"--host={host}",
             f"--port={port}",
+            f"--metrics-port={metrics_port}",
         ],
-        "ports": [{"name": "mf-router", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "mf-router", "containerPort": port, "protocol": "TCP"},
+            {"name": "mf-metrics", "containerPort": metrics_port, "protocol": "TCP"},
+        ],
         "env": [{"name": "MODELFLOCK_POLICY", "value": policy}],
         "resources": {
             "requests": {"cpu": spec.sidecar.cpu, "memory": spec.sidecar.memory},
             "limits": {"memory": spec.sidecar.memory},
         },
-        "readinessProbe": {**_probe(host, port, "/readyz"), "periodSeconds": 5},
+        # Probes go to the metrics listener: it is on the pod IP even when the API is not.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "mf-metrics"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+        },
         "livenessProbe": {
-            **_probe(host, port, "/healthz"),
+            "httpGet": {"path": "/healthz", "port": "mf-metrics"},
             "periodSeconds": 10,
+            "timeoutSeconds": 2,
             "failureThreshold": 6,
         },
         "securityContext": RESTRICTED,
@@ -111,7 +113,9 @@ def sidecar_container(
     policy: str, spec: RoutingPolicySpec, image: str, secrets: Sequence[tuple[str, str]]
 ) -> Manifest:
     """The injected router: localhost only, so only the application in the pod can reach it."""
-    return router_container(policy, spec, image, secrets, "127.0.0.1", spec.sidecar.port)
+    return router_container(
+        policy, spec, image, secrets, "127.0.0.1", spec.sidecar.port, spec.sidecar.metrics_port
+    )
 
 
 def gateway_name(policy: str) -> str:
@@ -126,6 +130,7 @@ def gateway_labels(policy: str) -> dict[str, str]:
         "app.kubernetes.io/part-of": "modelflock",
         "app.kubernetes.io/managed-by": "modelflock",
         POLICY_LABEL + "-gateway": policy,
+        ROUTER_METRICS_LABEL: "gateway",
     }
 
 
@@ -139,7 +144,9 @@ def render_gateway(
 ) -> list[Manifest]:
     labels = gateway_labels(policy)
     selector = {POLICY_LABEL + "-gateway": policy, "app.kubernetes.io/component": "gateway"}
-    container = router_container(policy, spec, image, secrets, "0.0.0.0", spec.gateway.port)
+    container = router_container(
+        policy, spec, image, secrets, "0.0.0.0", spec.gateway.port, spec.gateway.metrics_port
+    )
     meta = {
         "name": gateway_name(policy),
         "namespace": namespace,

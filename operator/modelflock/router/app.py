@@ -21,7 +21,7 @@ from modelflock.router.appkeys import (
 )
 from modelflock.router.discovery import DiscoveryClient
 from modelflock.router.dispatch import Dispatcher
-from modelflock.router.handlers import add_routes
+from modelflock.router.handlers import add_ops_routes, add_routes
 from modelflock.router.state import StateHolder, load_files
 from modelflock.router.upstream import Upstream
 
@@ -75,6 +75,15 @@ def build_app(config_path: Path) -> web.Application:
     return app
 
 
+def build_ops_app(main: web.Application) -> web.Application:
+    """Metrics and probes only, for a second listener: a sidecar keeps the OpenAI API on
+    localhost, while Prometheus and the kubelet reach these on the pod IP."""
+    ops = web.Application()
+    ops[METRICS] = main[METRICS]
+    add_ops_routes(ops)
+    return ops
+
+
 class RouterServer:
     """The router listening on host:port (port 0: a free port); used by the CLI and tests."""
 
@@ -82,7 +91,9 @@ class RouterServer:
         self.app = build_app(config_path)
         # A client that disconnects cancels its handler, and with it the upstream request.
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        self._ops_runner: web.AppRunner | None = None
         self.host, self.port = "", 0
+        self.ops_port = 0
 
     @property
     def url(self) -> str:
@@ -95,7 +106,16 @@ class RouterServer:
         address = self._runner.addresses[0]
         self.host, self.port = str(address[0]), int(address[1])
 
+    async def start_ops(self, host: str, port: int) -> None:
+        """Serve /metrics, /healthz and /readyz on a second address as well."""
+        self._ops_runner = web.AppRunner(build_ops_app(self.app), access_log=None)
+        await self._ops_runner.setup()
+        await web.TCPSite(self._ops_runner, host, port, reuse_address=True).start()
+        self.ops_port = int(self._ops_runner.addresses[0][1])
+
     async def stop(self) -> None:
+        if self._ops_runner is not None:
+            await self._ops_runner.cleanup()
         await self._runner.cleanup()
 
 

@@ -90,12 +90,16 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     return error_response(404, f"unknown path {request.method} {request.path}", code="unknown_url")
 
 
+def add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", openai_endpoint("chat", "/chat/completions"))
     app.router.add_post("/v1/completions", openai_endpoint("completion", "/completions"))
     app.router.add_post("/v1/embeddings", openai_endpoint("embedding", "/embeddings"))
     app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    add_ops_routes(app)
     app.router.add_route("*", "/{tail:.*}", not_found)
