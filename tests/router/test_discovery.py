@@ -4,6 +4,7 @@ overloaded fallback, balancing by live load."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from .conftest import TOKEN, Flock
 
@@ -146,3 +147,32 @@ async def test_wrong_token_keeps_service_urls(flock: Flock) -> None:
         model="auto", messages=[{"role": "user", "content": "hi"}]
     )
     assert sim.stats.completed == 1 and TOKEN != "wrong"
+
+
+async def test_a_replica_that_refuses_connections_is_skipped_before_any_fallback(
+    flock: Flock,
+) -> None:
+    alive = await flock.sim("alive", model="m")
+    backup = await flock.sim("backup", model="b")
+    with socket.socket() as s:  # a port nobody listens on: a replica that just went away
+        s.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{s.getsockname()[1]}"
+    api = await flock.flock_api()
+    api.set_expert("m", [gone, alive.url], queue=[0, 5])  # the dead one looks least loaded
+    router = await flock.router(
+        {
+            "experts": [
+                {"name": "m", "urls": [alive.url], "model": "m"},
+                {"name": "b", "urls": [backup.url], "model": "b"},
+            ],
+            "routes": [{"name": "r", "expert": "m", "fallbacks": ["b"]}],
+            "defaults": {"overloadQueueDepth": 100},
+            "discovery": flock.discovery(api),
+        }
+    )
+    raw = await flock.client(router).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-modelflock-expert"] == "m"
+    assert raw.headers["x-modelflock-attempts"] == "2"
+    assert (alive.stats.requests, backup.stats.requests) == (1, 0)

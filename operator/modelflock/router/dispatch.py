@@ -68,6 +68,9 @@ class Job:
     # final answer would have cost at the baseline expert's prices.
     cost: float = 0.0
     baseline_cost: float = 0.0
+    # Replicas that refused a connection during this request (another one is tried first).
+    refused: set[str] = field(default_factory=set)
+    last_endpoint: str = ""
 
     def headers(self, expert: str) -> dict[str, str]:
         return {
@@ -223,6 +226,13 @@ class Dispatcher:
                 answer = await self._once(job, expert, deadline)
             except UpstreamFailure as failure:
                 self.metrics.attempts.inc((name, failure.kind))
+                if failure.kind == "connect":
+                    job.refused.add(job.last_endpoint)
+                    if self.upstream.has_other_endpoint(expert, job.refused):
+                        # A replica that just went away: another replica of the same expert
+                        # before any fallback (discovery will drop it within seconds).
+                        job.reasons.append(f"{name}: {job.last_endpoint} refused the connection")
+                        continue
                 self._skip(job, name, failure.kind, failure.detail)
                 i += 1
                 continue
@@ -265,7 +275,7 @@ class Dispatcher:
         return web.Response(status=answer.status, body=body, headers=headers)
 
     async def _once(self, job: Job, expert: ExpertRuntime, deadline: float) -> Answer:
-        base = self.upstream.endpoint(expert)
+        base = job.last_endpoint = self.upstream.endpoint(expert, job.refused)
         self.upstream.outstanding.acquire(base)
         loop = asyncio.get_running_loop()
         # For a non-streaming answer the first byte is the whole answer.
@@ -298,7 +308,7 @@ class Dispatcher:
     async def _stream(self, job: Job, expert: ExpertRuntime, deadline: float) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         defaults = job.state.config.defaults
-        base = self.upstream.endpoint(expert)
+        base = job.last_endpoint = self.upstream.endpoint(expert, job.refused)
         self.upstream.outstanding.acquire(base)
         resp: aiohttp.ClientResponse | None = None
         finished = False

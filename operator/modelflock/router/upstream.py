@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,11 +84,23 @@ class Upstream:
             endpoints = self._static[key] = tuple(EndpointLive(u.rstrip("/")) for u in urls)
         return endpoints
 
-    def endpoint(self, expert: ExpertRuntime) -> str:
+    def _candidates(self, expert: ExpertRuntime) -> Sequence[EndpointLive]:
         live = self.discovery.live(expert.name) if self.discovery else None
         if live is not None and any(e.ready for e in live.endpoints):
-            return choose_endpoint(live.endpoints, self.outstanding)
-        return choose_endpoint(self._static_endpoints(expert.config.urls), self.outstanding)
+            return live.endpoints
+        return self._static_endpoints(expert.config.urls)
+
+    def endpoint(self, expert: ExpertRuntime, avoid: AbstractSet[str] = frozenset()) -> str:
+        """The least loaded endpoint, skipping `avoid` (replicas that just refused a
+        connection) while any other is left."""
+        candidates = self._candidates(expert)
+        if avoid:
+            others = [e for e in candidates if e.ready and e.url not in avoid]
+            candidates = others or candidates
+        return choose_endpoint(candidates, self.outstanding)
+
+    def has_other_endpoint(self, expert: ExpertRuntime, avoid: AbstractSet[str]) -> bool:
+        return any(e.ready and e.url not in avoid for e in self._candidates(expert))
 
     async def call_json(
         self, expert: ExpertRuntime, path: str, payload: dict[str, Any]
