@@ -36,6 +36,10 @@ class ExpertState:
     cold_start_seconds: float = 60.0
     # External experts have no pods: routers call their API directly, never wait for them.
     external: bool = False
+    # Digest of the Deployment+Service last applied, and when: an unchanged render is not
+    # applied again until a child changes or the resync period passes (saves API-server work).
+    applied_digest: str = ""
+    applied_at: float = 0.0
     # The status this operator last wrote: the watched body may lag behind our own writes.
     last_status: ModelExpertStatus | None = None
     # Whether the last reconcile saw autoscaling on: only then does the worker wake every
@@ -74,6 +78,11 @@ class OperatorContext:
         if state is None:
             state = self.experts[key] = ExpertState()
         return state
+
+    def mark_children_changed(self, key: ObjectKey) -> None:
+        state = self.experts.get(key)
+        if state is not None:
+            state.applied_digest = ""
 
     def trigger_expert(self, key: ObjectKey) -> None:
         state = self.experts.get(key)

@@ -8,6 +8,8 @@ status. The per-expert worker (a kopf daemon) calls it on events, on a timer and
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -187,15 +189,20 @@ async def reconcile_expert(
             # One writer: the Deployment follows the autoscaler's last write, never a hand-made
             # spec.replicas (the tick overrides that) nor a watched body that lags behind it.
             replicas = max(scaling.min_replicas, min(scaling.max_replicas, state.written_replicas))
-        deployment: dict[str, Any] | None
+        deployment: dict[str, Any] | None = None
         if not any(p.blocking for p in problems):
-            # Both at once; the apply's response is the Deployment as stored (status included),
-            # so it needs no extra GET.
-            _, deployment = await asyncio.gather(
-                ctx.kube.apply(render_service(ref, spec)),
-                ctx.kube.apply(render_deployment(ref, spec, ctx.config, replicas)),
+            children = (
+                render_service(ref, spec),
+                render_deployment(ref, spec, ctx.config, replicas),
             )
-        else:
+            digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
+            fresh = time.monotonic() - state.applied_at < ctx.config.resync_seconds
+            if digest != state.applied_digest or not fresh:
+                # Both at once; the apply's response is the Deployment as stored (status
+                # included), so it needs no extra GET.
+                _, deployment = await asyncio.gather(*(ctx.kube.apply(c) for c in children))
+                state.applied_digest, state.applied_at = digest, time.monotonic()
+        if deployment is None:
             deployment = await ctx.kube.get("apps/v1", "Deployment", name, namespace)
         pods = await ctx.kube.list("v1", "Pod", namespace, selector_string(ref))
         observed = Observed(
