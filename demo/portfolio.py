@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests" / "cluster"), str(REPO / "tests")]
 
-from localcluster import LocalCluster  # noqa: E402
+from localcluster import LocalCluster, stop_process_group  # noqa: E402
 
 from support import OperatorProcess, free_port, wait_for  # noqa: E402
 
@@ -166,7 +164,7 @@ class EngineFleet:
 
     def _stop_sim(self, pod: str) -> None:
         proc, _, _ = self.sims.pop(pod)
-        _terminate(proc)
+        stop_process_group(proc, timeout=5)
 
     def kill_expert(self, expert: str) -> list[str]:
         """Kill every engine of an expert (its pods stay: the router sees a failing expert)."""
@@ -192,18 +190,6 @@ class EngineFleet:
         with self._lock:
             for pod in list(self.sims):
                 self._stop_sim(pod)
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _get(url: str) -> int:
@@ -469,7 +455,7 @@ class Portfolio:
     def stop(self) -> None:
         for proc in (self.router, self.frontier):
             if proc is not None:
-                _terminate(proc)
+                stop_process_group(proc, timeout=5)
         if self.fleet is not None:
             self.fleet.stop()
         if self.operator is not None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from localcluster import DEFAULT_POOLS, LocalCluster
+from localcluster import DEFAULT_POOLS, LocalCluster, stop_process_group
 
 T = TypeVar("T")
 
@@ -181,13 +179,7 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout=20)
         self.process = None
 
     def metrics(self) -> str:

@@ -56,6 +56,20 @@ DEFAULT_POOLS = (
 )
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group started with start_new_session, SIGKILL it after `timeout`,
+    and reap the process, so nothing outlives its owner."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -171,16 +185,7 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop in reverse start order (clients before etcd); SIGKILL what ignores SIGTERM."""
         for name in reversed(list(self.processes)):
-            proc = self.processes[name]
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process_group(self.processes[name], timeout=10)
         self.processes.clear()
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / "pids.json").unlink()

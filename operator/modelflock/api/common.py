@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -30,6 +31,18 @@ class ApiModel(BaseModel):
     def to_api(self) -> dict[str, Any]:
         """The object as the API server stores it: camelCase, unset optionals left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def object_document(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a watched object the API models read: identity, spec, status."""
+    metadata = body.get("metadata") or {}
+    return {
+        "metadata": {
+            k: v for k, v in metadata.items() if k in {"name", "namespace", "uid", "generation"}
+        },
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or None,
+    }
 
 
 class SecretKeyRef(ApiModel):

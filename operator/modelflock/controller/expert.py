@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelflock.api.common import GROUP, VERSION
+from modelflock.api.common import GROUP, VERSION, object_document
 from modelflock.api.modelexpert import ModelExpert, ModelExpertSpec, ModelExpertStatus
 from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod
 from modelflock.autoscale.loop import ExpertPods, evaluate
@@ -134,17 +134,7 @@ def _post_events(body: kopf.Body, transitions: Sequence[Transition]) -> None:
 
 
 def _parse(body: Mapping[str, Any]) -> ModelExpert:
-    return ModelExpert.model_validate(
-        {
-            "metadata": {
-                k: v
-                for k, v in body["metadata"].items()
-                if k in {"name", "namespace", "uid", "generation"}
-            },
-            "spec": body.get("spec") or {},
-            "status": body.get("status") or None,
-        }
-    )
+    return ModelExpert.model_validate(object_document(body))
 
 
 async def reconcile_expert(

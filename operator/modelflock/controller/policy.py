@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelflock.api.common import GROUP, VERSION
+from modelflock.api.common import GROUP, VERSION, object_document
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
@@ -93,13 +93,7 @@ async def load_experts(
             found[name] = None
             continue
         try:
-            found[name] = ModelExpert.model_validate(
-                {
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": raw.get("spec") or {},
-                    "status": raw.get("status") or None,
-                }
-            )
+            found[name] = ModelExpert.model_validate(object_document(raw))
         except ValidationError:
             found[name] = None
     return found
@@ -110,17 +104,7 @@ async def reconcile_policy(
 ) -> None:
     started = time.monotonic()
     try:
-        policy = RoutingPolicy.model_validate(
-            {
-                "metadata": {
-                    k: v
-                    for k, v in body["metadata"].items()
-                    if k in {"name", "namespace", "uid", "generation"}
-                },
-                "spec": body.get("spec") or {},
-                "status": body.get("status") or None,
-            }
-        )
+        policy = RoutingPolicy.model_validate(object_document(body))
     except ValidationError as error:
         ctx.metrics.reconciles.labels(KIND, "invalid").inc()
         kopf.warn(body, reason="InvalidSpec", message=str(error)[:1024])
