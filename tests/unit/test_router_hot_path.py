@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from modelflock.router.config import Expert
+from modelflock.router.http1 import Http1Client
 from modelflock.router.upstream import ExpertRuntime, Upstream, upstream_headers
 
 
@@ -14,7 +15,7 @@ def _runtime(urls: list[str]) -> ExpertRuntime:
 
 
 def test_static_endpoints_are_built_once_and_still_rotate() -> None:
-    upstream = Upstream(session=None, discovery=None)  # type: ignore[arg-type]
+    upstream = Upstream(Http1Client(), discovery=None)
     runtime = _runtime(["http://a:8000/", "http://b:8000"])
     chosen = [upstream.endpoint(runtime) for _ in range(4)]
     assert sorted(set(chosen)) == ["http://a:8000", "http://b:8000"]  # trailing "/" dropped
@@ -26,7 +27,7 @@ def test_static_endpoints_are_built_once_and_still_rotate() -> None:
 
 
 def test_static_endpoint_cache_is_bounded() -> None:
-    upstream = Upstream(session=None, discovery=None)  # type: ignore[arg-type]
+    upstream = Upstream(Http1Client(), discovery=None)
     for i in range(600):
         assert upstream.endpoint(_runtime([f"http://h{i}:8000"])) == f"http://h{i}:8000"
     assert len(upstream._static) <= 256

@@ -22,6 +22,7 @@ from modelflock.router.appkeys import (
 from modelflock.router.discovery import DiscoveryClient
 from modelflock.router.dispatch import Dispatcher
 from modelflock.router.handlers import add_ops_routes, add_routes
+from modelflock.router.http1 import Http1Client
 from modelflock.router.state import StateHolder, load_files
 from modelflock.router.upstream import Upstream
 
@@ -33,7 +34,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     config, _, _ = await asyncio.to_thread(load_files, app[CONFIG_PATH])
     connect = config.defaults.connect_timeout_seconds
-    # One session for every upstream call: a keep-alive pool per endpoint, no proxies.
+    # aiohttp's client only for the operator's discovery API; experts get the leaner
+    # Http1Client (keep-alive pools per endpoint, no proxies from the environment).
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30),
         timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect),
@@ -43,7 +45,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         config=lambda: app[HOLDER].current.config.discovery,
         overload_depth=lambda: app[HOLDER].current.config.defaults.overload_queue_depth,
     )
-    upstream = Upstream(session, discovery)
+    client = Http1Client(connect_timeout=connect)
+    upstream = Upstream(client, discovery)
     holder = await asyncio.to_thread(
         StateHolder, app[CONFIG_PATH], upstream, lambda r: metrics.reloads.inc((r,))
     )
@@ -63,6 +66,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await task
         await discovery.close()
         await holder.close()
+        client.close()
         await session.close()
 
 

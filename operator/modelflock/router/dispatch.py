@@ -13,13 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.balance import expert_health
 from modelflock.router.checks import CompiledChecks, failed_check
 from modelflock.router.errors import error_response
+from modelflock.router.http1 import Response
 from modelflock.router.request import ParsedRequest
 from modelflock.router.sse import SseScanner
 from modelflock.router.state import RouterState
@@ -284,14 +284,17 @@ class Dispatcher:
         )
         try:
             async with asyncio.timeout_at(first_byte_by):
-                async with self.upstream.session.post(
-                    api_url(base, job.path), data=build_payload(job, expert), headers=expert.headers
-                ) as resp:
+                resp = await self.upstream.client.post(
+                    api_url(base, job.path), build_payload(job, expert), expert.headers
+                )
+                try:
                     body = await resp.read()
-                    status, content_type = resp.status, resp.content_type
+                finally:
+                    resp.close()  # no-op after a complete read
+                status, content_type = resp.status, resp.content_type
         except TimeoutError:
             raise UpstreamFailure("timeout", "no answer within the request budget") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise UpstreamFailure("connect", str(exc) or type(exc).__name__) from None
         finally:
             self.upstream.outstanding.release(base)
@@ -310,16 +313,14 @@ class Dispatcher:
         defaults = job.state.config.defaults
         base = job.last_endpoint = self.upstream.endpoint(expert, job.refused)
         self.upstream.outstanding.acquire(base)
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         finished = False
         try:
             first_byte_by = min(deadline, loop.time() + defaults.first_byte_timeout_seconds)
             try:
                 async with asyncio.timeout_at(first_byte_by):
-                    resp = await self.upstream.session.post(
-                        api_url(base, job.path),
-                        data=build_payload(job, expert),
-                        headers=expert.headers,
+                    resp = await self.upstream.client.post(
+                        api_url(base, job.path), build_payload(job, expert), expert.headers
                     )
                     if is_failing_status(resp.status):
                         raise UpstreamFailure("status", f"HTTP {resp.status}")
@@ -327,10 +328,10 @@ class Dispatcher:
                         answer = Answer(resp.status, await resp.read(), resp.content_type, None)
                         finished = True
                         return self._respond(job, expert.name, answer)
-                    first = await resp.content.readany()
+                    first = await resp.readany()
             except TimeoutError:
                 raise UpstreamFailure("timeout", "no first byte in time") from None
-            except (aiohttp.ClientError, OSError) as exc:
+            except OSError as exc:
                 raise UpstreamFailure("connect", str(exc) or type(exc).__name__) from None
             if not first:
                 raise UpstreamFailure("protocol", "empty stream")
@@ -353,7 +354,7 @@ class Dispatcher:
         self,
         job: Job,
         expert: str,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         first: bytes,
         out: web.StreamResponse,
         deadline: float,
@@ -366,7 +367,7 @@ class Dispatcher:
             if data:
                 await out.write(data)
             async with asyncio.timeout_at(deadline):
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.iter_chunks():
                     data = scanner.feed(chunk)
                     if data:
                         await out.write(data)
@@ -377,7 +378,7 @@ class Dispatcher:
         except (ConnectionResetError, asyncio.CancelledError):
             kind = "client_disconnected"
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        except (TimeoutError, OSError):
             # Bytes were already sent, so no fallback: tell the client in-band (the OpenAI
             # SDKs raise on an `error` event) and end the stream.
             kind = "upstream_broken"

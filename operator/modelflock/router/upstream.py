@@ -8,11 +8,10 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from modelflock.router.balance import EndpointLive, Outstanding, choose_endpoint
 from modelflock.router.config import Expert
 from modelflock.router.discovery import DiscoveryClient
+from modelflock.router.http1 import Http1Client, encode_headers
 
 # Upstream answers that mean "this expert is failing, try another" (not the client's fault).
 _FAILING = frozenset({401, 403, 408, 409, 429})
@@ -34,10 +33,11 @@ def is_failing_status(status: int) -> bool:
 
 @dataclass(frozen=True)
 class ExpertRuntime:
-    """An expert ready to call: config plus request headers (with the API key, never logged)."""
+    """An expert ready to call: config plus request header lines (with the API key, never
+    logged), encoded once per config load."""
 
     config: Expert
-    headers: Mapping[str, str] = field(repr=False)
+    headers: bytes = field(repr=False)
     # USD per token as floats: Prometheus counters are floats anyway; exact Decimal
     # arithmetic per request would cost more than the rest of the accounting.
     input_price: float = 0.0
@@ -57,18 +57,21 @@ def api_url(base: str, path: str) -> str:
     return f"{base}{path}" if base.endswith("/v1") else f"{base}/v1{path}"
 
 
-def upstream_headers(api_key: str | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
+def upstream_headers(api_key: str | None) -> bytes:
+    """Header lines of every request to an expert (`http1.encode_headers`)."""
+    headers: Mapping[str, str] = {"Content-Type": "application/json"}
     if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    return headers
+        if any(c in api_key for c in "\r\n"):
+            raise ValueError("an API key file holds a line break inside the key")
+        headers = {**headers, "Authorization": f"Bearer {api_key}"}
+    return encode_headers(headers)
 
 
 class Upstream:
-    """Shared by all requests: one ClientSession (keep-alive pool) and in-flight counts."""
+    """Shared by all requests: one HTTP client (keep-alive pools) and in-flight counts."""
 
-    def __init__(self, session: aiohttp.ClientSession, discovery: DiscoveryClient | None) -> None:
-        self.session = session
+    def __init__(self, client: Http1Client, discovery: DiscoveryClient | None) -> None:
+        self.client = client
         self.discovery = discovery
         self.outstanding = Outstanding()
         # The configured URLs of an expert as endpoints, built once per URL list (the config
@@ -109,16 +112,23 @@ class Upstream:
         base = self.endpoint(expert)
         self.outstanding.acquire(base)
         try:
-            async with self.session.post(
-                api_url(base, path), data=json.dumps(payload), headers=expert.headers
-            ) as resp:
-                if resp.status != 200:
-                    raise UpstreamFailure("status", f"HTTP {resp.status} from {expert.name}")
-                body = await resp.json(content_type=None)
-        except aiohttp.ClientError as exc:
+            resp = await self.client.post(
+                api_url(base, path), json.dumps(payload).encode(), expert.headers
+            )
+            try:
+                raw = await resp.read()
+            finally:
+                resp.close()  # no-op after a complete read (the connection is back in the pool)
+        except OSError as exc:
             raise UpstreamFailure("connect", f"{expert.name}: {exc}") from None
         finally:
             self.outstanding.release(base)
+        if resp.status != 200:
+            raise UpstreamFailure("status", f"HTTP {resp.status} from {expert.name}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise UpstreamFailure("protocol", f"{expert.name}: answer is not JSON") from None
         if not isinstance(body, dict):
             raise UpstreamFailure("protocol", f"{expert.name}: not a JSON object")
         return body
