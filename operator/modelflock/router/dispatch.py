@@ -13,13 +13,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.balance import expert_health
 from modelflock.router.checks import CompiledChecks, failed_check
 from modelflock.router.errors import error_response
 from modelflock.router.http1 import Response
+from modelflock.router.http_server import Reply, Request, Result, Stream
 from modelflock.router.request import ParsedRequest
 from modelflock.router.sse import SseScanner
 from modelflock.router.state import RouterState
@@ -50,7 +49,7 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 class Job:
     """One request on its way through the router."""
 
-    request: web.Request
+    request: Request
     parsed: ParsedRequest
     state: RouterState
     path: str  # e.g. "/chat/completions"
@@ -179,7 +178,7 @@ class Dispatcher:
             m.errors.inc((route, expert, f"http_{code}"))
         self.charge(job, expert, tokens, baseline=True)
 
-    async def run(self, job: Job) -> web.StreamResponse:
+    async def run(self, job: Job) -> Result:
         defaults = job.state.config.defaults
         loop = asyncio.get_running_loop()
         deadline = job.started + defaults.request_timeout_seconds
@@ -257,7 +256,7 @@ class Dispatcher:
         message = "no expert could serve the request: " + "; ".join(job.reasons or ["none"])
         return error_response(503, message, code="all_experts_failed", headers=job.headers("none"))
 
-    def _respond(self, job: Job, expert: str, answer: Answer) -> web.Response:
+    def _respond(self, job: Job, expert: str, answer: Answer) -> Reply:
         body = answer.body
         if job.adds_logprobs and isinstance(answer.payload, dict):
             body = _without_logprobs(answer.payload)
@@ -272,7 +271,7 @@ class Dispatcher:
         # The header the `content_type` setter would write (a bare mimetype, no charset),
         # without its parse-and-regenerate round trip.
         headers["Content-Type"] = answer.content_type or "application/json"
-        return web.Response(status=answer.status, body=body, headers=headers)
+        return Reply(answer.status, body, headers)
 
     async def _once(self, job: Job, expert: ExpertRuntime, deadline: float) -> Answer:
         base = job.last_endpoint = self.upstream.endpoint(expert, job.refused)
@@ -308,7 +307,7 @@ class Dispatcher:
             payload = None
         return Answer(status, body, content_type, payload)
 
-    async def _stream(self, job: Job, expert: ExpertRuntime, deadline: float) -> web.StreamResponse:
+    async def _stream(self, job: Job, expert: ExpertRuntime, deadline: float) -> Result:
         loop = asyncio.get_running_loop()
         defaults = job.state.config.defaults
         base = job.last_endpoint = self.upstream.endpoint(expert, job.refused)
@@ -337,8 +336,7 @@ class Dispatcher:
                 raise UpstreamFailure("protocol", "empty stream")
             self.metrics.attempts.inc((expert.name, "ok"))
             # Committed: from here on, no fallback.
-            out = web.StreamResponse(headers={**_SSE_HEADERS, **job.headers(expert.name)})
-            await out.prepare(job.request)
+            out = await job.request.stream(200, {**_SSE_HEADERS, **job.headers(expert.name)})
             self.metrics.ttfb.observe((job.route, expert.name), loop.time() - job.started)
             finished = await self._relay(job, expert.name, resp, first, out, deadline)
             return out
@@ -356,7 +354,7 @@ class Dispatcher:
         expert: str,
         resp: Response,
         first: bytes,
-        out: web.StreamResponse,
+        out: Stream,
         deadline: float,
     ) -> bool:
         """Copy the stream chunk by chunk; True when it ended normally."""
@@ -374,7 +372,7 @@ class Dispatcher:
             tail = scanner.flush()
             if tail:
                 await out.write(tail)
-            await out.write_eof()
+            await out.end()
         except (ConnectionResetError, asyncio.CancelledError):
             kind = "client_disconnected"
             raise
@@ -384,7 +382,7 @@ class Dispatcher:
             kind = "upstream_broken"
             with contextlib.suppress(ConnectionResetError):
                 await out.write(_BROKEN_EVENT)
-                await out.write_eof()
+                await out.end()
         finally:
             tokens = (
                 (scanner.usage or {}).get("prompt_tokens", 0),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
-from aiohttp import web
+from modelflock.router.http_server import Reply, error_body
 
 _TYPES = {
     400: "invalid_request_error",
@@ -34,22 +33,10 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    body = {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(status, "api_error"),
-            "param": param,
-            "code": code,
-        }
-    }
-    return web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+) -> Reply:
+    body = error_body(status, message, _TYPES.get(status, "api_error"), code, param)
+    return Reply(status, body, {**(headers or {}), "Content-Type": "application/json"})
 
 
-def from_request_error(err: RequestError, headers: Mapping[str, str] | None = None) -> web.Response:
+def from_request_error(err: RequestError, headers: Mapping[str, str] | None = None) -> Reply:
     return error_response(err.status, err.message, err.param, err.code, headers)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.classify.features import Features
 from modelflock.router.dispatch import Job
 from modelflock.router.errors import RequestError
+from modelflock.router.http_server import Request
 from modelflock.router.request import ParsedRequest
 from modelflock.router.routing import candidate_sequence, select_route
 from modelflock.router.state import RouterState
@@ -20,7 +19,7 @@ def _unknown_model(model: str) -> RequestError:
 
 
 async def plan_job(
-    request: web.Request,
+    request: Request,
     parsed: ParsedRequest,
     state: RouterState,
     path: str,

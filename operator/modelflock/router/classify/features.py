@@ -11,7 +11,7 @@ class Features:
     text: str  # the last user message (chat) or the prompt (completions)
     total_chars: int
     model: str  # the requested model name
-    headers: Mapping[str, str]  # case-insensitive in practice (aiohttp's CIMultiDictProxy)
+    headers: Mapping[str, str]  # case-insensitive lookups (http_server.Headers)
 
 
 @dataclass(frozen=True)
