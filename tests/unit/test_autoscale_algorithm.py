@@ -98,14 +98,33 @@ CASES = [
         1,
         Reason.LOAD_BELOW_CAPACITY,
     ),
-    # 40 in flight fit in 5 batches of 8 only at 100% utilisation: keep 10% headroom.
+    # 40 in flight fill 5 batches of 8 with no queue: the 6th replica goes (no extra headroom;
+    # a queue of more than targetQueueDepth per replica brings it back).
     Case(
-        "scale-down keeps tolerance headroom",
+        "scale-down to full batches",
         POLICY,
         obs(6, pods(*[(0, 40 / 6)] * 6)),
         ScalerMemory((), 1000.0, 8.0),
-        6,
+        5,
+        Reason.LOAD_BELOW_CAPACITY,
+    ),
+    # 150 in flight fit in 19 batches of 8, but that is within 10% of 20 x 8: ignored.
+    Case(
+        "decrease smaller than the tolerance holds",
+        ScalingPolicy(min_replicas=1, max_replicas=30),
+        obs(20, pods(*[(0, 7.5)] * 20)),
+        ScalerMemory((), 1000.0, 8.0),
+        20,
         Reason.WITHIN_TOLERANCE,
+    ),
+    # 2 x (8 running + 3 waiting) + 1: one request beyond the queue target already scales up.
+    Case(
+        "queue just above target scales up",
+        POLICY,
+        obs(2, pods((4, 8), (3.5, 8))),
+        BUSY,
+        3,
+        Reason.QUEUE_ABOVE_TARGET,
     ),
     Case(
         "idle never below min",
@@ -241,6 +260,37 @@ def test_capacity_is_learned_from_saturated_pods() -> None:
     d = decide(POLICY, obs(2, pods((5, 12), (0, 3))), ScalerMemory())
     assert d.memory.capacity_per_replica == 12
     assert d.queue_depth == 5 and d.running == 15
+
+
+def test_a_lower_capacity_is_believed_only_once_it_persists() -> None:
+    """One stray saturated sample (a request caught between engine steps, a scrape taken
+    before a new replica got its share) must not shrink `c`: the extra replicas it buys would
+    each run less than the wrong `c`, so nothing would ever correct it."""
+    memory = ScalerMemory(last_load_at=1000.0, capacity_per_replica=48.0)
+    stray = decide(POLICY, obs(2, pods((1, 12), (1, 12)), now=1000.0), memory)
+    assert stray.memory.capacity_per_replica == 48.0
+    assert stray.memory.lower_capacity_since == 1000.0
+    # Still lower 10 s later: not yet.
+    later = decide(POLICY, obs(2, pods((5, 30), (5, 30)), now=1010.0), stray.memory)
+    assert later.memory.capacity_per_replica == 48.0
+    # 15 s of saturation at the lower level (e.g. longer prompts fill the KV cache): adopted.
+    confirmed = decide(POLICY, obs(2, pods((5, 30), (5, 30)), now=1015.0), later.memory)
+    assert confirmed.memory.capacity_per_replica == 30.0
+    assert confirmed.memory.lower_capacity_since is None
+    # A tick without saturation ends the streak; the next lower sample starts it again.
+    calm = decide(POLICY, obs(2, pods((0, 20), (0, 20)), now=1005.0), stray.memory)
+    assert calm.memory.lower_capacity_since is None
+    again = decide(POLICY, obs(2, pods((2, 30), (2, 30)), now=1020.0), calm.memory)
+    assert again.memory.capacity_per_replica == 48.0
+
+
+def test_a_higher_capacity_is_believed_at_once() -> None:
+    memory = ScalerMemory(
+        last_load_at=1000.0, capacity_per_replica=24.0, lower_capacity_since=990.0
+    )
+    d = decide(POLICY, obs(2, pods((3, 40), (3, 40))), memory)
+    assert d.memory.capacity_per_replica == 40.0
+    assert d.memory.lower_capacity_since is None
 
 
 def test_router_demand_is_queue_only_while_no_pod_is_ready() -> None:

@@ -26,7 +26,7 @@ Engine = Literal["vllm", "tgi", "external"]
 Quantization = Literal["none", "awq", "gptq", "fp8", "int8", "int4", "bitsandbytes", "eetq"]
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Default autoscaling settings; bench/autoscale_sim.py is how they were chosen.
-DEFAULT_TARGET_QUEUE_DEPTH = 3
+DEFAULT_TARGET_QUEUE_DEPTH = 2
 DEFAULT_SCALE_UP_STABILIZATION_SECONDS = 0
 DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS = 300
 DEFAULT_TOLERANCE_PERCENT = 10
@@ -213,14 +213,15 @@ class Autoscaling(ApiModel):
         default=DEFAULT_TARGET_QUEUE_DEPTH,
         ge=1,
         le=10_000,
-        description="Waiting requests per replica the autoscaler aims for.",
+        description="Waiting requests per replica tolerated on top of full batches; more"
+        " scales up.",
     )
     tolerance_percent: int = Field(
         default=DEFAULT_TOLERANCE_PERCENT,
         ge=0,
         le=90,
-        description="Headroom kept when scaling down: replicas run at most (100 - this)% of"
-        " their learned batch capacity, so small load changes cause no scale events.",
+        description="Scale down only when the load is more than this share below what the"
+        " replicas hold (as the HPA's tolerance), so small load changes cause no scale events.",
     )
     max_scale_up_step: int = Field(
         default=DEFAULT_MAX_SCALE_UP_STEP,

@@ -8,8 +8,11 @@ How replicas are sized (see docs/autoscaling.md):
   effective batch capacity `c`, remembered across ticks).
 - Scale up when the in-flight load (waiting + running) exceeds what the replicas on hand (ready
   and still starting) hold with `targetQueueDepth` waiting each: desired = ceil(load / (c + T)).
-- Scale down only to the replicas that run all in-flight requests with no queue:
+- Scale down to the replicas that run all in-flight requests with no queue:
   desired = ceil(load / c). The gap between c and c + T is the hysteresis that stops flapping.
+- A lower capacity is believed only after it has been seen for `CAPACITY_CONFIRM_SECONDS`: one
+  stray sample would otherwise keep too many replicas forever (each then runs less than the
+  wrong `c`, so nothing would correct it).
 - Decreases are further held by the scale-down window (the highest recommendation in it wins,
   as in the HPA); increases are immediate but capped per step.
 """
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 
 # Ceil of float ratios without turning 3.0000000001 into 4.
 _EPSILON = 1e-9
+# A saturated running count below the learned capacity must persist this long to replace it.
+CAPACITY_CONFIRM_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +35,7 @@ class ScalingPolicy:
 
     min_replicas: int = 1
     max_replicas: int = 4
-    target_queue_depth: int = 3
+    target_queue_depth: int = 2
     tolerance_percent: int = 10
     max_scale_up_step: int = 4
     scale_up_window_seconds: int = 0
@@ -108,11 +113,13 @@ class ScalerMemory:
 
     `last_load_at` is the last time there was load or demand (None: not known yet).
     `capacity_per_replica` is the learned running count of a saturated replica.
+    `lower_capacity_since` is when saturated pods started to run fewer than that (unconfirmed).
     """
 
     recommendations: tuple[Recommendation, ...] = ()
     last_load_at: float | None = None
     capacity_per_replica: float | None = None
+    lower_capacity_since: float | None = None
 
 
 class Reason(enum.StrEnum):
@@ -181,18 +188,31 @@ def _demand_is_fresh(obs: Observation, policy: ScalingPolicy) -> bool:
     return d is not None and d.waiting > 0 and obs.now - d.at <= policy.demand_ttl_seconds
 
 
-def _learn_capacity(obs: Observation, previous: float | None) -> float | None:
-    """A pod with a queue runs as many requests as it can: that is a replica's capacity."""
+def _learn_capacity(
+    obs: Observation, previous: float | None, lower_since: float | None
+) -> tuple[float | None, float | None]:
+    """A pod with a queue runs as many requests as it can: that is a replica's capacity.
+
+    Returns the capacity and since when a lower, not yet confirmed one has been seen.
+    """
     samples = [s for s in obs.ready if s is not None]
     saturated = [s.running for s in samples if s.waiting >= 1 and s.running > 0]
     if saturated:
-        # The latest saturation wins: capacity moves with prompt/output lengths.
-        return sum(saturated) / len(saturated)
+        seen = sum(saturated) / len(saturated)
+        if previous is None or seen >= previous:
+            return seen, None
+        # Capacity moves with prompt/output lengths, so a lower one is adopted, but only once
+        # it persists: a request caught between two engine steps, or a sample taken before
+        # a new replica got its share, looks the same for a moment.
+        since = obs.now if lower_since is None else lower_since
+        if obs.now - since >= CAPACITY_CONFIRM_SECONDS:
+            return seen, None
+        return previous, since
     busiest = max((s.running for s in samples), default=0.0)
     if busiest > 0 and (previous is None or busiest > previous):
         # A pod proved it holds this many; never assume less than that.
-        return busiest
-    return previous
+        return busiest, None
+    return previous, None
 
 
 def _recommend(
@@ -213,7 +233,8 @@ def _recommend(
             )
         return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding"
     up = load.in_flight / (capacity + target)
-    if up > on_hand * (1 + tol):
+    if up > on_hand + _EPSILON:
+        # More than `targetQueueDepth` waiting per replica on top of full batches.
         return (
             _ceil(up),
             Reason.QUEUE_ABOVE_TARGET,
@@ -222,10 +243,10 @@ def _recommend(
                 f"at {capacity:g} running + {target} waiting each"
             ),
         )
-    # Keep (1 - tolerance) of every batch free after a decrease: at 100% utilisation a queue
-    # forms by chance and the next scale-up would undo this one.
-    down = load.in_flight / (capacity * (1 - tol))
-    if _ceil(down) < on_hand:
+    # Fewer replicas run every in-flight request with no queue. A change smaller than the
+    # tolerance is ignored (as in the HPA); the queue target above is the hysteresis.
+    down = load.in_flight / capacity
+    if _ceil(down) < on_hand and load.in_flight < on_hand * capacity * (1 - tol):
         return (
             max(1, _ceil(down)),
             Reason.LOAD_BELOW_CAPACITY,
@@ -244,7 +265,9 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
     current = obs.current_replicas
     load = _measure(obs, policy)
     demand_fresh = _demand_is_fresh(obs, policy)
-    capacity = _learn_capacity(obs, memory.capacity_per_replica)
+    capacity, lower_since = _learn_capacity(
+        obs, memory.capacity_per_replica, memory.lower_capacity_since
+    )
 
     busy = load.in_flight > 0 or demand_fresh or load.failed > 0
     # Unknown history (e.g. operator restart): assume load just now, so idleness is
@@ -313,7 +336,7 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         desired_replicas=desired,
         reason=reason,
         message=message,
-        memory=ScalerMemory(history, last_load_at, capacity),
+        memory=ScalerMemory(history, last_load_at, capacity, lower_since),
         queue_depth=load.waiting,
         running=load.running,
         recommendation=raw,
