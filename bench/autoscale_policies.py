@@ -29,6 +29,7 @@ class View:
     starting_ages: tuple[int, ...]
     waiting: float
     running: float
+    ready_sampled: int  # replicas that were ready when `waiting` and `running` were sampled
     held_by_router: int  # requests a router holds because no replica is ready
 
 
@@ -37,6 +38,23 @@ class Policy(Protocol):
     interval: int
 
     def decide(self, view: View) -> int: ...
+
+
+def per_pod_loads(view: View) -> tuple[PodLoad, ...]:
+    """What the operator's per-pod scrape sees, `lag` seconds late.
+
+    The router balances, so the replicas that were ready at the sample share its load evenly.
+    A replica that became ready since held nothing then; a removed one is no longer scraped.
+    (Spreading old totals over the replicas ready now would make every pod look saturated at
+    a fraction of its batch right after a scale-up.)
+    """
+    if not view.ready:
+        return ()
+    if not view.ready_sampled:
+        return tuple(PodLoad(0.0, 0.0) for _ in range(view.ready))
+    share = PodLoad(view.waiting / view.ready_sampled, view.running / view.ready_sampled)
+    kept = min(view.ready, view.ready_sampled)
+    return (share,) * kept + (PodLoad(0.0, 0.0),) * (view.ready - kept)
 
 
 @dataclass
@@ -49,13 +67,10 @@ class Ours:
     memory: ScalerMemory = field(default_factory=ScalerMemory)
 
     def decide(self, view: View) -> int:
-        per_pod = (
-            PodLoad(view.waiting / view.ready, view.running / view.ready) if view.ready else None
-        )
         obs = Observation(
             now=float(view.now),
             current_replicas=view.replicas,
-            ready=tuple(per_pod for _ in range(view.ready)) if per_pod else (),
+            ready=per_pod_loads(view),
             starting=tuple(StartingPod(age_seconds=a) for a in view.starting_ages),
             demand=Demand(view.now, view.held_by_router) if view.held_by_router else None,
         )
@@ -142,7 +157,9 @@ class Oracle:
     max_replicas: int = 10
 
     def need(self, t: int) -> int:
-        rate = self.workload.load(min(t, self.workload.duration - 1))
+        t = min(t, self.workload.duration - 1)
+        # It also foresees the request mix: replicas hold fewer sequences when they are longer.
+        rate = self.workload.load(t) / self.workload.batch_factor(t)
         return math.ceil(rate / self.utilisation - 1e-9)
 
     def decide(self, view: View) -> int:

@@ -64,6 +64,8 @@ class Cluster:
     completions: dict[int, int] = field(default_factory=dict)
     draining_until: list[int] = field(default_factory=list)
 
+    batch: int = 0  # the effective batch of one replica right now
+
     def ready(self, now: int) -> int:
         return sum(1 for r in self.replicas if r.ready_at <= now)
 
@@ -82,7 +84,7 @@ class Cluster:
 
     def admit(self, now: int) -> list[tuple[int, int]]:
         """Start waiting requests in free batch slots; returns (arrival second, count) admitted."""
-        free = self.size.batch * self.ready(now) - self.running
+        free = self.batch * self.ready(now) - self.running
         admitted: list[tuple[int, int]] = []
         while free > 0 and self.queue:
             head = self.queue[0]
@@ -113,13 +115,14 @@ def simulate(workload: Workload, size: ModelSize, policy: Policy, seed: int, lag
     rng = random.Random(seed)
     cluster = Cluster(size)
     result = Result(policy.name)
-    snapshots: deque[tuple[int, int, int]] = deque()  # (waiting, running, held) per second
+    snapshots: deque[tuple[int, int, int, int]] = deque()  # (waiting, running, held, ready)
     desired_log: list[tuple[int, int]] = []
     last_miss_arrival: int | None = None
     initial = 1 if workload.load(0) > 0 else 0
     cluster.scale_to(initial, -size.cold_start_seconds)  # warm start for loaded workloads
 
     for now in range(workload.duration):
+        cluster.batch = workload.batch(size, now)
         arrivals = poisson(rng, workload.load(now) * size.throughput)
         if arrivals:
             cluster.queue.append([now, arrivals])
@@ -134,12 +137,12 @@ def simulate(workload: Workload, size: ModelSize, policy: Policy, seed: int, lag
 
         ready = cluster.ready(now)
         held = cluster.waiting if ready == 0 else 0
-        snapshots.append((cluster.waiting, cluster.running, held))
+        snapshots.append((cluster.waiting, cluster.running, held, ready))
         if len(snapshots) > lag + 1:
             snapshots.popleft()
 
         if now % policy.interval == 0:
-            waiting, running, held_then = snapshots[0]
+            waiting, running, held_then, ready_then = snapshots[0]
             view = View(
                 now=now,
                 replicas=len(cluster.replicas),
@@ -149,6 +152,7 @@ def simulate(workload: Workload, size: ModelSize, policy: Policy, seed: int, lag
                 ),
                 waiting=waiting,
                 running=running,
+                ready_sampled=ready_then,
                 held_by_router=max(held, held_then),
             )
             desired = max(0, min(MAX_REPLICAS, policy.decide(view)))
@@ -206,12 +210,14 @@ def table(rows: list[tuple[str, str, Result]]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
     )
     hpa = {(m, w): r.gpu_seconds for m, w, r in rows if r.policy == "hpa-like"}
+    added = {w.name for w in workloads(0) if w.added}
     lines = []
     for model, workload, r in rows:
         vs = r.gpu_seconds / hpa[(model, workload)] - 1 if hpa[(model, workload)] else 0.0
         recover = "-" if r.recover_seconds is None else f"{r.recover_seconds:.0f} s"
+        name = f"{workload} (added)" if workload in added else workload
         lines.append(
-            f"| {model} | {workload} | {r.policy} | {100 * r.attainment:.1f}% | "
+            f"| {model} | {name} | {r.policy} | {100 * r.attainment:.1f}% | "
             f"{r.gpu_seconds / 3600:.1f} | {100 * vs:+.0f}% | {r.scale_events} | "
             f"{r.reversals} | {recover} |"
         )
