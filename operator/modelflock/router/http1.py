@@ -277,7 +277,11 @@ class _OriginPool:
     def put_back(self, connection: _Connection) -> None:
         self.busy.discard(connection)
         connection.reused = True
-        connection.idle_since = asyncio.get_running_loop().time()
+        now = connection.idle_since = asyncio.get_running_loop().time()
+        # The oldest idle connection is closed once it expires, so a pool shrinks back
+        # after a burst even while its newest connections stay busy.
+        if self.idle and now - self.idle[0].idle_since >= self._client.idle_seconds:
+            self.idle.popleft().close()
         self.idle.append(connection)
 
     def take_idle(self, now: float) -> _Connection | None:
