@@ -76,7 +76,7 @@ def _conds(status: ModelExpertStatus) -> dict[str, tuple[str, str]]:
         (
             Observed(1, VLLM, deployment=_deployment(2, 1), desired_replicas=2),
             {
-                "Ready": ("False", "ReplicasNotReady"),
+                "Ready": ("True", "Serving"),
                 "Progressing": ("True", "WaitingForReplicas"),
                 "Degraded": ("False", "AsExpected"),
             },
@@ -93,7 +93,25 @@ def _conds(status: ModelExpertStatus) -> dict[str, tuple[str, str]]:
             Observed(
                 2, VLLM, deployment=_deployment(2, 2, generation=2, observed=1), desired_replicas=2
             ),
-            {"Ready": ("False", "ReplicasNotReady"), "Progressing": ("True", "Scaling")},
+            {"Ready": ("True", "Serving"), "Progressing": ("True", "Scaling")},
+        ),
+        (  # scaling down: more ready than desired is not "not ready"
+            Observed(1, VLLM, deployment=_deployment(3, 3), desired_replicas=1),
+            {"Ready": ("True", "Serving"), "Progressing": ("True", "Scaling")},
+        ),
+        (  # woken from zero: nothing serves yet
+            Observed(1, VLLM, deployment=_deployment(1, 0), desired_replicas=1),
+            {"Ready": ("False", "ReplicasNotReady"), "Progressing": ("True", "WaitingForReplicas")},
+        ),
+        (  # one replica serves while a new one cannot be scheduled
+            Observed(
+                1, VLLM, deployment=_deployment(2, 1), pods=[UNSCHEDULABLE_POD], desired_replicas=2
+            ),
+            {"Ready": ("True", "Serving"), "Degraded": ("True", "Unschedulable")},
+        ),
+        (  # scaled to zero while the last pod terminates
+            Observed(1, VLLM, deployment=_deployment(1, 0), desired_replicas=0),
+            {"Ready": ("True", "ScaledToZero")},
         ),
         (
             Observed(1, VLLM, deployment=_deployment(3, 2, updated=1), desired_replicas=2),

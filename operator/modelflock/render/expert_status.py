@@ -137,10 +137,17 @@ def _engine_conditions(observed: Observed) -> tuple[_Cond, _Cond, _Cond, int, in
     else:
         progressing = _Cond("False", "Complete", f"{ready}/{desired} replicas ready")
 
-    if desired == 0 and replicas == 0:
+    if desired == 0 and ready == 0:
         ready_cond = _Cond("True", "ScaledToZero", "no replicas; routers wake the expert on demand")
     elif ready >= desired and rolled_out:
         ready_cond = _Cond("True", "AllReplicasReady", f"{ready}/{desired} replicas ready")
+    elif ready > 0:
+        # Serving while it scales or rolls out (or while a new pod fails: Degraded says so).
+        # Ready means "can answer now": routers send traffic to ready replicas, so a policy
+        # must not report its routes unserved during every scale-up.
+        ready_cond = _Cond(
+            "True", "Serving", f"{ready}/{desired} replicas ready; {progressing.message}"
+        )
     else:
         why = degraded.reason if degraded.status == "True" else "ReplicasNotReady"
         ready_cond = _Cond("False", why, f"{ready}/{desired} replicas ready")
