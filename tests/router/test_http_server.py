@@ -142,6 +142,13 @@ async def test_body_over_the_limit_is_413_and_not_handled(request_bytes: bytes) 
         assert app.seen == [] and app.refusals == [413]
 
 
+async def test_nothing_pipelined_behind_a_refused_request_is_served() -> None:
+    async with serving() as (server, app):
+        raw = await exchange(server, post("/echo", b"x" * (LIMIT + 1)) + post("/echo", b"next"))
+        assert raw.startswith(b"HTTP/1.1 413 ") and raw.count(b"HTTP/1.1") == 1
+        assert app.seen == []
+
+
 async def test_expect_100_continue_only_for_acceptable_bodies() -> None:
     async with serving() as (server, _):
         reader, writer = await asyncio.open_connection(server.host, server.port)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -12,11 +14,30 @@ from modelflock.api.modelexpert import ModelExpertStatus
 from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
 from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, SourceMetrics
 from modelflock.controller.config import OperatorConfig
-from modelflock.controller.kube import Kube
+from modelflock.controller.kube import Kube, Manifest
 from modelflock.controller.metrics import OperatorMetrics
 from modelflock.render.injection import SidecarPlan
 
 ObjectKey = tuple[str, str]  # (namespace, name)
+
+
+def child_marker(kind: str, body: Mapping[str, Any]) -> str | None:
+    """What identifies a child's version as far as its spec goes: a Deployment's generation
+    (its controller's status updates leave it alone), a Service's resourceVersion (it has no
+    generation, and nothing but us and the API server writes it in practice)."""
+    metadata = body.get("metadata") or {}
+    value = metadata.get("generation") if kind == "Deployment" else metadata.get("resourceVersion")
+    return None if value is None else str(value)
+
+
+def child_needs_apply(
+    kind: str, deleted: bool, marker: str | None, applied_marker: str | None
+) -> bool:
+    """Whether a watch event on an expert's child means its children must be applied again:
+    not for pods, not for the echo of our own apply or a Deployment's status update."""
+    if kind not in ("Deployment", "Service"):
+        return False  # pods: only the status needs refreshing
+    return deleted or marker is None or marker != applied_marker
 
 
 @dataclass
@@ -40,6 +61,9 @@ class ExpertState:
     # applied again until a child changes or the resync period passes (saves API-server work).
     applied_digest: str = ""
     applied_at: float = 0.0
+    # child_marker() of the Deployment and Service as our last apply left them: a watch event
+    # with the same marker is our own write or a status update, not a change to re-apply.
+    applied_markers: dict[str, str | None] = field(default_factory=dict)
     # The status this operator last wrote: the watched body may lag behind our own writes.
     last_status: ModelExpertStatus | None = None
     # Whether the last reconcile saw autoscaling on: only then does the worker wake every
@@ -73,16 +97,28 @@ class OperatorContext:
     # One long-lived source per kind, so "logged once per failure streak" holds across ticks.
     sources: dict[str, MetricSource] = field(default_factory=dict)
 
+    async def apply(self, manifest: Manifest) -> Manifest:
+        """Server-side apply, counted (`modelflock_applies_total{kind}`)."""
+        self.metrics.applies.labels(str(manifest.get("kind", ""))).inc()
+        return await self.kube.apply(manifest)
+
     def expert_state(self, key: ObjectKey) -> ExpertState:
         state = self.experts.get(key)
         if state is None:
             state = self.experts[key] = ExpertState()
         return state
 
-    def mark_children_changed(self, key: ObjectKey) -> None:
+    def child_event(self, key: ObjectKey, deleted: bool, body: Mapping[str, Any]) -> None:
+        """A watched child of an expert changed: refresh the expert's status, and apply its
+        children again when someone else changed them."""
         state = self.experts.get(key)
-        if state is not None:
+        if state is None:
+            return
+        kind = str(body.get("kind", ""))
+        marker = child_marker(kind, body)
+        if child_needs_apply(kind, deleted, marker, state.applied_markers.get(kind)):
             state.applied_digest = ""
+        state.trigger.set()
 
     def trigger_expert(self, key: ObjectKey) -> None:
         state = self.experts.get(key)

@@ -24,7 +24,7 @@ from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod
 from modelflock.autoscale.loop import ExpertPods, evaluate
 from modelflock.autoscale.metrics_parse import Engine
 from modelflock.autoscale.sources import MetricSource, PodTarget, PrometheusSource, ScrapeSource
-from modelflock.controller.context import ExpertState, ObjectKey, OperatorContext
+from modelflock.controller.context import ExpertState, ObjectKey, OperatorContext, child_marker
 from modelflock.controller.kube import api_error_message
 from modelflock.render.checks import check_expert
 from modelflock.render.expert import (
@@ -190,8 +190,12 @@ async def reconcile_expert(
             if digest != state.applied_digest or not fresh:
                 # Both at once; the apply's response is the Deployment as stored (status
                 # included), so it needs no extra GET.
-                _, deployment = await asyncio.gather(*(ctx.kube.apply(c) for c in children))
+                service, deployment = await asyncio.gather(*(ctx.apply(c) for c in children))
                 state.applied_digest, state.applied_at = digest, time.monotonic()
+                state.applied_markers = {
+                    "Service": child_marker("Service", service),
+                    "Deployment": child_marker("Deployment", deployment),
+                }
         if deployment is None:
             deployment = await ctx.kube.get("apps/v1", "Deployment", name, namespace)
         pods = await ctx.kube.list("v1", "Pod", namespace, selector_string(ref))

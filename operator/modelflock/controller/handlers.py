@@ -185,14 +185,15 @@ def build_registry(
         ctx.trigger_policies_in(str(namespace))
 
     def child_changed(
-        labels: kopf.Labels, namespace: str | None, memo: Any, resource: kopf.Resource, **_: Any
+        labels: kopf.Labels,
+        namespace: str | None,
+        memo: Any,
+        body: kopf.Body,
+        type: str | None,
+        **_: Any,
     ) -> None:
-        ctx = _context(memo)
         key = (str(namespace), labels[EXPERT_LABEL])
-        if resource.plural != "pods":
-            # The Deployment or Service changed (maybe by hand): apply again, don't trust the cache.
-            ctx.mark_children_changed(key)
-        ctx.trigger_expert(key)
+        _context(memo).child_event(key, type == "DELETED", body)
 
     for group, version, plural in (
         ("apps", "v1", "deployments"),

@@ -22,6 +22,12 @@ class OperatorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        self.applies = Counter(
+            "modelflock_applies",
+            "Server-side applies sent to the API server, by kind of object.",
+            ["kind"],
+            registry=registry,
+        )
         self.errors = Counter(
             "modelflock_errors",
             "Errors by kind and where they happened.",

@@ -66,7 +66,7 @@ async def ensure_token(ctx: OperatorContext, policy: RoutingPolicy) -> str:
     if encoded:
         return base64.b64decode(encoded).decode()
     token = secrets.token_urlsafe(32)
-    await ctx.kube.apply(
+    await ctx.apply(
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -119,7 +119,7 @@ async def reconcile_policy(
     )
     text = render_config_text(render_router_config(policy, experts, settings))
     digest = config_hash(text)
-    await ctx.kube.apply(
+    await ctx.apply(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -151,7 +151,7 @@ async def reconcile_policy(
             ctx.config.images.router,
             key_files,
         ):
-            await ctx.kube.apply(manifest)
+            await ctx.apply(manifest)
     else:
         for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
             existing = await ctx.kube.get(api_version, kind, gateway_name(name), namespace)

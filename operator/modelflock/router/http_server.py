@@ -193,6 +193,9 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._limit = 0
         self._refused = False  # the current request was answered early (413/431): discard it
+        # After a refusal nothing more from this connection is served, not even requests
+        # pipelined behind it in the same read (the parser goes on through the buffer).
+        self._done_reading = False
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._paused_reading = False
@@ -281,7 +284,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._refused:
+        if self._refused or self._done_reading:
             return
         headers = Headers()
         for name, value in self._header_list:
@@ -301,7 +304,7 @@ class _Connection(asyncio.Protocol):
     # -- serving --
     def _refuse(self, status: int, message: str) -> None:
         """Answer at once and close: the rest of this request is not read."""
-        self._refused = True
+        self._refused = self._done_reading = True
         if self._server.on_refusal is not None:
             self._server.on_refusal(status)
         if self._task is None:  # not behind an answer still being written
