@@ -177,14 +177,17 @@ def simulate(workload: Workload, size: ModelSize, policy: Policy, seed: int, lag
     return result
 
 
-def our_policy() -> ScalingPolicy:
+def our_policy(capacity_hint: int | None = None) -> ScalingPolicy:
     """The CRD defaults; the expert's own bounds are the only per-benchmark settings."""
-    return ScalingPolicy(min_replicas=0, max_replicas=MAX_REPLICAS)
+    return ScalingPolicy(min_replicas=0, max_replicas=MAX_REPLICAS, capacity_hint=capacity_hint)
 
 
 def policies(workload: Workload, size: ModelSize) -> list[Policy]:
     return [
         Ours(our_policy()),
+        # The same with spec.autoscaling.capacityHint set to the load-tested batch: the number
+        # hpa-like and kubeai-like are given as their target.
+        Ours(our_policy(size.batch), name="ours + capacityHint"),
         # HPA on average in-flight (running + waiting) per pod, targeting one full batch.
         HpaLike("hpa-like", interval=15, target=size.batch, use_running=True),
         # KEDA ScaledObject on vllm:num_requests_waiting, threshold 5, polling 30 s.

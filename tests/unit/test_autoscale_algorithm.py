@@ -293,6 +293,35 @@ def test_a_higher_capacity_is_believed_at_once() -> None:
     assert d.memory.lower_capacity_since is None
 
 
+HINTED = ScalingPolicy(min_replicas=0, max_replicas=10, target_queue_depth=2, capacity_hint=24)
+
+
+def test_capacity_hint_sizes_the_first_wake_and_the_first_scale_up() -> None:
+    never_ran = ScalerMemory((), 1000.0, None)
+    wake = obs(0, (), now=5000.0, demand=Demand(4999.0, 100))
+    # ceil(100 / (24 + 2)) = 4 at once; without the hint, one replica.
+    assert decide(HINTED, wake, never_ran).desired_replicas == 4
+    assert decide(ZERO_OK, wake, never_ran).desired_replicas == 1
+    # While the first replica loads, the queue routers hold grows: sized by the hint, not by
+    # one more replica per tick.
+    loading = obs(1, (), now=5000.0, starting=(StartingPod(30),), demand=Demand(4999.0, 60))
+    hinted = decide(HINTED, loading, never_ran)
+    assert (hinted.desired_replicas, hinted.reason) == (3, Reason.QUEUE_ABOVE_TARGET)
+    assert decide(HINTED, loading, hinted.memory).desired_replicas == 3  # no second wave
+
+
+def test_measured_capacity_replaces_the_hint() -> None:
+    never_ran = ScalerMemory((), 1000.0, None)
+    # Saturated replicas run 48 each (shorter requests than in the load test): believed at once.
+    higher = decide(HINTED, obs(2, pods((1, 48), (1, 48))), never_ran)
+    assert higher.memory.capacity_per_replica == 48.0
+    # Saturated at 12 (longer requests): believed once it persists, as any lower capacity.
+    first = decide(HINTED, obs(2, pods((5, 12), (5, 12)), now=1000.0), never_ran)
+    assert first.memory.capacity_per_replica == 24.0
+    later = decide(HINTED, obs(2, pods((5, 12), (5, 12)), now=1020.0), first.memory)
+    assert later.memory.capacity_per_replica == 12.0
+
+
 def test_router_demand_is_queue_only_while_no_pod_is_ready() -> None:
     demand = Demand(999.0, 50)
     cold = decide(ZERO_OK, obs(1, (), starting=(StartingPod(10),), demand=demand), BUSY)
@@ -311,6 +340,7 @@ def test_router_demand_is_queue_only_while_no_pod_is_ready() -> None:
         {"tolerance_percent": 100},
         {"max_scale_up_step": 0},
         {"scale_down_window_seconds": -1},
+        {"capacity_hint": 0},
     ],
 )
 def test_invalid_policy_is_refused(kwargs: dict[str, int]) -> None:

@@ -251,6 +251,15 @@ class Autoscaling(ApiModel):
         default="scrape",
         description="scrape reads each ready pod's /metrics; prometheus queries the configured server.",
     )
+    capacity_hint: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Requests one replica runs at once (its effective batch), if a load test"
+        " measured it. Only a starting point: the autoscaler learns the real value from"
+        " saturated replicas and then uses that. Without it, the first wake from zero and the"
+        " first scale-up before any replica was saturated add one replica at a time.",
+    )
 
 
 class ExternalApi(ApiModel):

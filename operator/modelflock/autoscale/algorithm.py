@@ -43,10 +43,15 @@ class ScalingPolicy:
     scale_to_zero_after_seconds: int = 600
     # Routers re-send demand every few seconds while they hold requests; older is stale.
     demand_ttl_seconds: int = 30
+    # Requests one replica runs at once, from a load test: the capacity assumed until a
+    # saturated replica shows the real one (spec.autoscaling.capacityHint).
+    capacity_hint: int | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
             raise ValueError("min_replicas must be >= 0")
+        if self.capacity_hint is not None and self.capacity_hint < 1:
+            raise ValueError("capacity_hint must be >= 1")
         if self.max_replicas < max(1, self.min_replicas):
             raise ValueError("max_replicas must be >= max(1, min_replicas)")
         if self.target_queue_depth < 1:
@@ -265,9 +270,10 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
     current = obs.current_replicas
     load = _measure(obs, policy)
     demand_fresh = _demand_is_fresh(obs, policy)
-    capacity, lower_since = _learn_capacity(
-        obs, memory.capacity_per_replica, memory.lower_capacity_since
-    )
+    known = memory.capacity_per_replica
+    if known is None and policy.capacity_hint is not None:
+        known = float(policy.capacity_hint)  # until measured; a saturated replica corrects it
+    capacity, lower_since = _learn_capacity(obs, known, memory.lower_capacity_since)
 
     busy = load.in_flight > 0 or demand_fresh or load.failed > 0
     # Unknown history (e.g. operator restart): assume load just now, so idleness is

@@ -62,6 +62,7 @@ def scaling_policy(spec: ModelExpertSpec) -> ScalingPolicy:
         scale_up_window_seconds=scaling.scale_up_stabilization_seconds,
         scale_down_window_seconds=scaling.scale_down_stabilization_seconds,
         scale_to_zero_after_seconds=scaling.scale_to_zero_after_seconds,
+        capacity_hint=scaling.capacity_hint,
     )
 
 
