@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from modelflock.api.modelexpert import ModelExpertSpec
 from modelflock.autoscale.algorithm import (
     Decision,
     Demand,
@@ -20,6 +21,7 @@ from modelflock.autoscale.algorithm import (
     StartingPod,
     decide,
 )
+from modelflock.controller.expert import scaling_policy
 
 POLICY = ScalingPolicy(
     min_replicas=1,
@@ -481,3 +483,22 @@ def test_property_steady_load_does_not_flap() -> None:
             changes = [b - a for a, b in itertools.pairwise(settled) if b != a]
             reversals = sum(1 for a, b in itertools.pairwise(changes) if a * b < 0)
             assert reversals == 0, (capacity, load, settled)
+
+
+def test_spec_fields_reach_the_policy() -> None:
+    spec = ModelExpertSpec.model_validate(
+        {
+            "engine": "vllm",
+            "model": {"name": "m"},
+            "nodePool": "l4",
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "capacityHint": 24},
+        }
+    )
+    policy = scaling_policy(spec)
+    assert (policy.min_replicas, policy.max_replicas, policy.capacity_hint) == (0, 3, 24)
+    unhinted = spec.model_copy(
+        update={
+            "autoscaling": spec.effective_autoscaling().model_copy(update={"capacity_hint": None})
+        }
+    )
+    assert scaling_policy(unhinted).capacity_hint is None
