@@ -51,27 +51,49 @@ class App:
             await out.write(b"data: %d\n\n" % i)
         return out
 
+    async def slow_big(self, request: Request) -> Result:
+        await self.release.wait()
+        return Reply(200, b"x" * 8_000_000, {"Content-Type": "text/plain"})
+
     async def broken(self, request: Request) -> Result:
         raise RuntimeError("bug")
+
+    async def broken_stream(self, request: Request) -> Result:
+        out = await request.stream(200, {"Content-Type": "text/event-stream"})
+        await out.write(b"data: 0\n\n")
+        raise RuntimeError("bug mid-stream")
+
+    async def firehose(self, request: Request) -> Result:
+        """Streams until the client stops reading (then waits on back-pressure)."""
+        out = await request.stream(200, {"Content-Type": "application/octet-stream"})
+        try:
+            while True:
+                await out.write(b"x" * 65536)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled.set()
+            raise
 
     async def fallback(self, request: Request) -> Result:
         return Reply(404, b"nope", {"Content-Type": "text/plain"})
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[tuple[HttpServer, App]]:
+async def serving(keepalive: float = 0.5) -> AsyncIterator[tuple[HttpServer, App]]:
     app = App()
     server = HttpServer(
         {
             ("POST", "/echo"): app.echo,
             ("GET", "/echo"): app.echo,
             ("GET", "/slow"): app.slow,
+            ("GET", "/slow-big"): app.slow_big,
             ("GET", "/stream"): app.stream,
             ("GET", "/broken"): app.broken,
+            ("GET", "/broken-stream"): app.broken_stream,
+            ("GET", "/firehose"): app.firehose,
         },
         app.fallback,
         max_body=lambda: LIMIT,
-        keepalive_timeout=0.5,
+        keepalive_timeout=keepalive,
         on_refusal=app.refusals.append,
     )
     await server.start("127.0.0.1", 0)
@@ -259,3 +281,159 @@ def test_headers_ignore_case() -> None:
     headers = Headers({"x-tenant": "a"})
     assert headers.get("X-Tenant") == "a" and "X-TENANT" in headers and headers["x-TeNaNt"] == "a"
     assert headers.get("missing") is None
+
+
+async def test_body_far_over_the_limit_gets_the_413_not_a_reset() -> None:
+    """The refusal is read by a client still sending its body (no RST from unread bytes)."""
+    async with serving() as (server, app):
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(post("/echo", b"x" * 4_000_000))
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+            assert answer.startswith(b"HTTP/1.1 413 ")
+            writer.close()
+        assert app.seen == [] and app.refusals == [413] * 3
+
+
+async def test_nothing_pipelined_behind_a_closing_answer_is_handled() -> None:
+    """Stopping: the answer in flight says `Connection: close`; the request pipelined behind
+    it must not run (its client will retry it elsewhere), even while that answer is still
+    being sent to a slow reader."""
+    async with serving() as (server, app):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /slow-big HTTP/1.1\r\nHost: t\r\n\r\n" + post("/echo", b"two"))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        stopping = asyncio.create_task(server.stop(grace=5))
+        await asyncio.sleep(0.1)
+        app.release.set()
+        await asyncio.sleep(0.2)  # the 8 MB answer is still in the server's send buffer
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
+        assert answer.count(b"HTTP/1.1 ") == 1 and answer.endswith(b"x" * 100)
+        assert app.seen == []  # the request behind the closing answer never ran
+        await stopping
+        writer.close()
+
+
+async def test_a_refusal_behind_pipelined_requests_comes_after_their_answers() -> None:
+    async with serving() as (server, app):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+            + post("/echo", b"two")
+            + post("/echo", b"x" * (LIMIT + 1))
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        app.release.set()
+        async with asyncio.timeout(3):
+            raw = await reader.read()
+        writer.close()
+        answers = raw.split(b"HTTP/1.1 ")[1:]
+        assert [a[:3] for a in answers] == [b"200", b"200", b"413"]
+        assert answers[0].endswith(b"late") and b'"body": "two"' in answers[1]
+        assert [r.body for r in app.seen] == [b"two"] and app.refusals == [413]
+
+
+@pytest.mark.parametrize("behind", [False, True], ids=["alone", "behind-a-request"])
+async def test_a_connection_is_refused_once(behind: bool) -> None:
+    async with serving() as (server, app):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        first = b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" if behind else b""
+        big = post("/echo", b"x" * (LIMIT + 1))
+        writer.write(first + big + big)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(big + b"GARBAGE\r\n\r\n")  # later bytes are not parsed at all
+        await asyncio.sleep(0.1)
+        app.release.set()
+        async with asyncio.timeout(3):
+            raw = await reader.read()
+        writer.close()
+        assert raw.count(b"HTTP/1.1 413 ") == 1 and app.refusals == [413]
+
+
+async def test_requests_after_connection_close_are_ignored_not_refused() -> None:
+    async with serving() as (server, app):
+        raw = await exchange(
+            server,
+            b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + post("/echo", b"two"),
+        )
+        assert raw.count(b"HTTP/1.1 ") == 1 and raw.startswith(b"HTTP/1.1 200 ")
+        assert len(app.seen) == 1 and app.refusals == []
+
+
+async def test_100_continue_waits_for_the_answers_ahead_of_it() -> None:
+    async with serving() as (server, app):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        with pytest.raises(TimeoutError):  # not before the answer to GET /slow
+            await asyncio.wait_for(reader.read(1), 0.3)
+        app.release.set()
+        async with asyncio.timeout(3):
+            first = await reader.readuntil(b"late")
+            assert first.startswith(b"HTTP/1.1 200 ")
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"ok")
+            assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+
+
+async def test_http_1_0_stream_pipelined_before_an_http_1_1_request_is_not_chunked() -> None:
+    async with serving() as (server, _):
+        raw = await exchange(
+            server,
+            b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n",
+            wait=0.5,
+        )
+        assert b"Transfer-Encoding" not in raw
+        assert raw.endswith(b"\r\n\r\ndata: 0\n\ndata: 1\n\ndata: 2\n\n")
+
+
+async def test_a_request_still_arriving_is_not_swept_as_idle() -> None:
+    async with serving(keepalive=1.0) as (server, _):  # swept every 0.5 s
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(post("/echo", b"one"))
+        await reader.readuntil(b"}")
+        await asyncio.sleep(0.8)
+        writer.write(post("/echo", b"abcd")[:-2])
+        await asyncio.sleep(0.4)
+        writer.write(b"c")
+        await asyncio.sleep(0.4)  # 1.6 s after the last answer, 0.4 s after the last byte
+        writer.write(b"d")
+        async with asyncio.timeout(2):
+            assert b'"body": "abcd"' in await reader.readuntil(b"}")
+        writer.close()
+
+
+async def test_head_of_a_streamed_answer_has_no_body() -> None:
+    async with serving() as (server, _):
+        raw = await exchange(
+            server, b"HEAD /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"\r\n\r\n")
+        assert b"data" not in raw
+
+
+async def test_stop_ends_a_stream_to_a_client_that_stopped_reading() -> None:
+    async with serving() as (server, app):
+        _reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /firehose HTTP/1.1\r\nHost: t\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the socket buffers fill up; the handler waits to write
+        assert server.in_flight == 1
+        await server.stop(grace=0.2)
+        async with asyncio.timeout(2):
+            await app.cancelled.wait()
+        assert server.in_flight == 0
+        writer.close()

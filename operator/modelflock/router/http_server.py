@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
 _MAX_PIPELINED = 16  # queued requests per connection before reading pauses
+# After a refusal, what the client still sends is read and dropped this long before closing:
+# closing with unread bytes resets the connection, and the client could lose the refusal.
+_LINGER_SECONDS = 2.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -66,15 +69,16 @@ class Reply:
 class Stream:
     """A response whose head is sent and whose body follows in pieces (chunked encoding)."""
 
-    def __init__(self, connection: _Connection, chunked: bool) -> None:
+    def __init__(self, connection: _Connection, chunked: bool, head_only: bool = False) -> None:
         self._connection = connection
         self._chunked = chunked
+        self._head_only = head_only  # the answer to HEAD: no body
         self.ended = False
 
     async def write(self, data: bytes) -> None:
         """Send a piece; waits while the client's socket buffer is full. A client that is
         gone raises ConnectionResetError."""
-        if not data:
+        if not data or self._head_only:
             return
         connection = self._connection
         if connection.closed:
@@ -86,7 +90,7 @@ class Stream:
         if self.ended:
             return
         self.ended = True
-        if self._chunked and not self._connection.closed:
+        if self._chunked and not self._head_only and not self._connection.closed:
             self._connection.write(b"0\r\n\r\n")
             await self._connection.drain()
 
@@ -102,6 +106,7 @@ class Request:
         "_connection",
         "body",
         "headers",
+        "http11",
         "keep_alive",
         "method",
         "path",
@@ -125,19 +130,20 @@ class Request:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.http11 = connection.http11  # this request's version (the next one may differ)
         self.streamed = False
         self._connection = connection
 
     async def stream(self, status: int, headers: Mapping[str, str]) -> Stream:
         """Send the head of a streamed response now; write the body with the Stream."""
         self.streamed = True
-        chunked = self._connection.http11
+        chunked = self.http11
         framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
         if not chunked:
             self.keep_alive = False  # HTTP/1.0: the body ends with the connection
         self._connection.write(_head(status, headers, framing, self.keep_alive))
         await self._connection.drain()
-        return Stream(self._connection, chunked)
+        return Stream(self._connection, chunked, self.method == "HEAD")
 
 
 def _head(
@@ -193,9 +199,12 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._limit = 0
         self._refused = False  # the current request was answered early (413/431): discard it
-        # After a refusal nothing more from this connection is served, not even requests
-        # pipelined behind it in the same read (the parser goes on through the buffer).
+        # After a refusal (or a request that closes the connection) nothing more from this
+        # connection is read or served, not even requests pipelined behind it in the same
+        # read (the parser goes on through the buffer).
         self._done_reading = False
+        self._refusal: bytes | None = None  # sent once the answers ahead of it are
+        self._continue = False  # a "100 Continue" waits for the answers ahead of it
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._paused_reading = False
@@ -208,8 +217,9 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._done_reading:
             return
+        self.idle_since = self._loop.time()  # a request still arriving is not idle
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -241,7 +251,7 @@ class _Connection(asyncio.Protocol):
         self._header_list = []
         self._body = []
         self._body_size = 0
-        self._refused = False
+        self._refused = self._done_reading
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -272,7 +282,10 @@ class _Connection(asyncio.Protocol):
         if length is not None and length > self._limit:
             self._refuse(413, f"request body of {length} bytes exceeds the limit of {self._limit}")
         elif expect and self.http11:
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self._task is None:
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            else:  # answers to pipelined requests go first, in order
+                self._continue = True
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -284,6 +297,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._continue = False  # the body came anyway
         if self._refused or self._done_reading:
             return
         headers = Headers()
@@ -293,7 +307,11 @@ class _Connection(asyncio.Protocol):
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         method = self._parser.get_method().decode("latin-1")
-        request = Request(method, self._url, headers, body, self._parser.should_keep_alive(), self)
+        keep_alive = self._parser.should_keep_alive()
+        request = Request(method, self._url, headers, body, keep_alive, self)
+        # Nothing after a request that closes the connection is served (RFC 9112 9.6); llhttp
+        # would call it a malformed request.
+        self._done_reading = not keep_alive
         self._queue.append(request)
         if len(self._queue) >= _MAX_PIPELINED and self.transport is not None:
             self._paused_reading = True
@@ -303,21 +321,30 @@ class _Connection(asyncio.Protocol):
 
     # -- serving --
     def _refuse(self, status: int, message: str) -> None:
-        """Answer at once and close: the rest of this request is not read."""
+        """Answer once the requests ahead of this one are (at once if none) and close: the
+        rest of this request is not read."""
+        if self._done_reading:  # refused already, or after a request that closes
+            return
         self._refused = self._done_reading = True
         if self._server.on_refusal is not None:
             self._server.on_refusal(status)
+        self._refusal = _error_reply(status, message)
         if self._task is None:  # not behind an answer still being written
-            self.write(_error_reply(status, message))
-            self.close()
-        else:
-            self._queue.clear()
-            self._task.add_done_callback(lambda _: self._late_refusal(status, message))
+            self._next()
 
-    def _late_refusal(self, status: int, message: str) -> None:
-        if not self.closed:
-            self.write(_error_reply(status, message))
-            self.close()
+    def _linger(self, reply: bytes) -> None:
+        """Send `reply`, then close once the client has read it: what it still sends is
+        dropped until it closes or `_LINGER_SECONDS` pass."""
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        transport.write(reply)
+        self.closed = True
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._loop.call_later(_LINGER_SECONDS, self.close)
+        else:
+            transport.close()
 
     def _next(self) -> None:
         if self._queue and not self.closed:
@@ -329,6 +356,11 @@ class _Connection(asyncio.Protocol):
         else:
             self._task = None
             self.idle_since = self._loop.time()
+            if self._refusal is not None:
+                self._linger(self._refusal)
+            elif self._continue:
+                self._continue = False
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def _serve(self, request: Request) -> None:
         server = self._server
@@ -386,8 +418,14 @@ class _Connection(asyncio.Protocol):
             await self._writable
 
     def close(self) -> None:
+        self.closed = True  # nothing more is served or written on it
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()  # buffered bytes are still sent
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent bytes (a client that stopped reading)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def idle(self) -> bool:
         return self._task is None and not self._queue
@@ -476,7 +514,12 @@ class HttpServer:
             async with asyncio.timeout(grace):
                 await self._none_in_flight.wait()
         for connection in list(self.connections):
-            connection.close()
+            if connection.idle():
+                connection.close()  # an answer may still be on its way out
+            else:
+                # Abort: a close waits for buffered bytes that a client no longer reading
+                # never takes, and only the connection's loss cancels the handler writing.
+                connection.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
