@@ -289,3 +289,28 @@ def test_urls_and_headers() -> None:
     assert (origin.host, origin.host_header, target) == ("::1", b"[::1]:8000", b"/")
     with pytest.raises(ValueError, match="invalid header 'X'"):
         encode_headers({"X": "a\r\nInjected: 1"})
+
+
+async def test_a_connection_released_with_reading_paused_serves_the_next_answer() -> None:
+    """An answer whose unread body crossed the flow-control mark as it completed is released
+    without reading it: its connection goes back to the pool, and must read again."""
+    big = b"y" * (256 * 1024 + 100)  # the pause mark is crossed by the last bytes
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    client = Http1Client()
+    async with raw_server(answer) as (url, accepted):
+        resp = await client.post(url, b"{}", JSON)
+        await asyncio.sleep(0.3)  # the whole answer arrives; nobody reads it
+        resp.release()
+        async with asyncio.timeout(2):
+            assert await (await client.post(url, b"{}", JSON)).read() == b"ok"
+        assert len(accepted) == 1
+    client.close()

@@ -179,6 +179,9 @@ class _Connection(asyncio.Protocol):
         self.status, self.content_type, self._error = 0, "", None
         self._headers_done = self._loop.create_future()
         assert self.transport is not None
+        if self._paused:  # released with its last answer unread: read again
+            self._paused = False
+            self.transport.resume_reading()
         self.transport.write(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
             self.transport.write(body)
