@@ -314,3 +314,44 @@ async def test_a_connection_released_with_reading_paused_serves_the_next_answer(
             assert await (await client.post(url, b"{}", JSON)).read() == b"ok"
         assert len(accepted) == 1
     client.close()
+
+
+async def test_pools_of_endpoints_that_went_away_are_dropped() -> None:
+    """Endpoints come and go with pods: the client keeps no pool for one it cannot reach."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    client = Http1Client()
+    async with raw_server(reply) as (url, _):
+        for _ in range(3):
+            assert await (await client.post(url, b"{}", JSON)).read() == b"ok"
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(UpstreamConnectionError):
+        await client.post(f"http://127.0.0.1:{port}/", b"", JSON)
+    await asyncio.sleep(0.05)
+    assert client._pools == {}
+    client.close()
+
+
+async def test_concurrent_requests_share_the_pool_and_closing_the_client_closes_all() -> None:
+    async with running_sim(SimSettings(model="m", decode_seconds_per_token=0.01)) as sim:
+        client = Http1Client()
+        url = f"{sim.url}/v1/chat/completions"
+
+        async def one() -> bytes:
+            return await (await client.post(url, CHAT, JSON)).read()
+
+        answers = await asyncio.gather(*(one() for _ in range(20)))
+        assert all(b'"chat.completion"' in a for a in answers)
+        (pool,) = client._pools.values()
+        assert len(pool.idle) == 20 and not pool.busy
+        await asyncio.gather(*(one() for _ in range(20)))  # served by the same 20
+        assert len(pool.idle) == 20
+        client.close()
+        assert client._pools == {}

@@ -276,16 +276,23 @@ class _OriginPool:
         self.busy.discard(connection)
         with contextlib.suppress(ValueError):
             self.idle.remove(connection)
+        if not self.busy and not self.idle:
+            # Endpoints come and go with pods: an empty pool is dropped, made again on use.
+            self._client.drop_pool(self)
 
     def put_back(self, connection: _Connection) -> None:
         self.busy.discard(connection)
+        # This pool may have been dropped while empty (a request was still connecting):
+        # idle connections always go to the pool the client lists for the origin.
+        pool = self._client.listed_pool(self)
+        connection._pool = pool
         connection.reused = True
         now = connection.idle_since = asyncio.get_running_loop().time()
         # The oldest idle connection is closed once it expires, so a pool shrinks back
         # after a burst even while its newest connections stay busy.
-        if self.idle and now - self.idle[0].idle_since >= self._client.idle_seconds:
-            self.idle.popleft().close()
-        self.idle.append(connection)
+        if pool.idle and now - pool.idle[0].idle_since >= self._client.idle_seconds:
+            pool.idle.popleft().close()
+        pool.idle.append(connection)
 
     def take_idle(self, now: float) -> _Connection | None:
         while self.idle:
@@ -308,11 +315,13 @@ class _OriginPool:
                     ssl=context,
                     server_hostname=origin.host if context else None,
                 )
-        except TimeoutError:
-            raise UpstreamConnectionError(
-                f"connecting to {origin.host}:{origin.port} timed out"
-            ) from None
-        except OSError as exc:
+        except (TimeoutError, OSError) as exc:
+            if not self.busy and not self.idle:
+                self._client.drop_pool(self)  # no pool kept for an endpoint never reached
+            if isinstance(exc, TimeoutError):
+                raise UpstreamConnectionError(
+                    f"connecting to {origin.host}:{origin.port} timed out"
+                ) from None
             raise UpstreamConnectionError(
                 f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
             ) from None
@@ -353,6 +362,14 @@ class Http1Client:
                 self._targets.clear()
             found = self._targets[url] = split_url(url)
         return found
+
+    def drop_pool(self, pool: _OriginPool) -> None:
+        if self._pools.get(pool.origin.key) is pool:
+            del self._pools[pool.origin.key]
+
+    def listed_pool(self, pool: _OriginPool) -> _OriginPool:
+        """The pool listed for `pool`'s origin, listing `pool` itself when there is none."""
+        return self._pools.setdefault(pool.origin.key, pool)
 
     def _pool(self, origin: Origin) -> _OriginPool:
         pool = self._pools.get(origin.key)
@@ -398,6 +415,6 @@ class Http1Client:
         return await self.request("POST", url, body, headers)
 
     def close(self) -> None:
-        for pool in self._pools.values():
+        for pool in list(self._pools.values()):
             pool.close()
         self._pools.clear()

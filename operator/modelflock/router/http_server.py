@@ -234,7 +234,9 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()  # the client is gone: so is its request
         self._queue.clear()
         if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(ConnectionResetError("the client closed the connection"))
+            # Wake a writer waiting in drain(); it sees `closed` (no exception is stored in a
+            # future nobody may await: that would log "exception was never retrieved").
+            self._writable.set_result(None)
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -412,10 +414,11 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
+        if not self.closed and self._writable is not None and not self._writable.done():
+            # shield: a writer cancelled here must not cancel the future other writers share.
+            await asyncio.shield(self._writable)
         if self.closed:
             raise ConnectionResetError("the client closed the connection")
-        if self._writable is not None and not self._writable.done():
-            await self._writable
 
     def close(self) -> None:
         self.closed = True  # nothing more is served or written on it
