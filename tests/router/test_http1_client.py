@@ -59,6 +59,18 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def answer_once(data: bytes, linger: float = 0.0) -> RawHandler:
+    """A server handler that reads one request, writes `data`, and closes after `linger` s."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(data)
+        await writer.drain()
+        await asyncio.sleep(linger)
+
+    return reply
+
+
 @contextlib.asynccontextmanager
 async def aiohttp_server(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
@@ -136,13 +148,8 @@ async def test_request_head_carries_host_length_and_headers() -> None:
     ids=["chunked", "end-of-connection", "http-1.0"],
 )
 async def test_body_framing(answer: bytes, body: bytes) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-
     client = Http1Client()
-    async with raw_server(reply) as (url, _):
+    async with raw_server(answer_once(answer)) as (url, _):
         for _ in range(2):  # the server closes after each answer: the next one reconnects
             resp = await client.post(url, b"{}", JSON)
             assert await resp.read() == body
@@ -171,13 +178,9 @@ async def test_stale_pooled_connection_is_retried_once_on_a_new_one() -> None:
 
 
 async def test_connection_lost_mid_answer_is_an_error_not_a_short_body() -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-
     client = Http1Client()
-    async with raw_server(reply) as (url, _):
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+    async with raw_server(answer_once(short)) as (url, _):
         resp = await client.post(url, b"{}", JSON)
         with pytest.raises(UpstreamConnectionError, match="closed the connection"):
             await resp.read()
@@ -185,14 +188,8 @@ async def test_connection_lost_mid_answer_is_an_error_not_a_short_body() -> None
 
 
 async def test_garbage_is_a_protocol_error() -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-
     client = Http1Client()
-    async with raw_server(reply) as (url, _):
+    async with raw_server(answer_once(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", linger=1)) as (url, _):
         with pytest.raises(UpstreamProtocolError, match="invalid HTTP"):
             await client.post(url, b"{}", JSON)
     client.close()
@@ -319,13 +316,9 @@ async def test_a_connection_released_with_reading_paused_serves_the_next_answer(
 async def test_pools_of_endpoints_that_went_away_are_dropped() -> None:
     """Endpoints come and go with pods: the client keeps no pool for one it cannot reach."""
 
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-
     client = Http1Client()
-    async with raw_server(reply) as (url, _):
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    async with raw_server(answer_once(closing)) as (url, _):
         for _ in range(3):
             assert await (await client.post(url, b"{}", JSON)).read() == b"ok"
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
