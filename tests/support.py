@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from localcluster import DEFAULT_POOLS, LocalCluster, stop_process_group
+from localcluster import DEFAULT_POOLS, LocalCluster, free_port, stop_process_group
 
 T = TypeVar("T")
 
@@ -30,13 +29,6 @@ def fresh_namespace(cluster: LocalCluster, name: str) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.25) -> T:

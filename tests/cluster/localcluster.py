@@ -70,11 +70,29 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
             proc.wait()
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (32768 by default)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port below the kernel's ephemeral range. The components bind their ports seconds
+    after they are chosen; a port from the ephemeral range could meanwhile be taken by any
+    outgoing connection on the machine (it happened: "bind: address already in use" for the
+    scheduler in CI), while a port below it can only be taken by another explicit bind."""
+    rng = random.SystemRandom()
+    top = max(_ephemeral_low(), 10_001)
+    for _ in range(500):
+        port = rng.randrange(10_000, top)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in 10000-{top - 1}")
 
 
 def build_binaries() -> Path:
