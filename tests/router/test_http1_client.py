@@ -205,6 +205,8 @@ async def test_refused_and_unreachable_say_where() -> None:
         await client.post(f"http://127.0.0.1:{port}/v1/x", b"{}", JSON)
     with pytest.raises(ValueError, match="not an http"):
         await client.post("ftp://127.0.0.1/x", b"", JSON)
+    with pytest.raises(ValueError, match="HEAD is not supported"):  # it would wait for a body
+        await client.request("HEAD", f"http://127.0.0.1:{port}/")
 
 
 async def test_cancelling_a_request_closes_it_for_the_engine() -> None:

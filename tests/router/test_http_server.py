@@ -195,6 +195,14 @@ async def test_oversized_head_is_431_and_garbage_is_400() -> None:
         assert app.refusals == [431, 400]
 
 
+async def test_http_1_0_keep_alive_is_confirmed_and_kept() -> None:
+    async with serving() as (server, _):
+        request = b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        raw = await exchange(server, request * 2, wait=0.3)
+        assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
+        assert raw.count(b"Connection: keep-alive\r\n") == 2 and b"Connection: close" not in raw
+
+
 async def test_http_1_0_closes_after_the_answer() -> None:
     async with serving() as (server, _):
         raw = await exchange(server, b"GET /echo HTTP/1.0\r\n\r\n")

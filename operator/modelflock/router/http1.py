@@ -382,6 +382,9 @@ class Http1Client:
     ) -> Response:
         """Send a request and wait for the answer's head. `headers` are encoded header lines
         (`encode_headers`), without Host and Content-Length. Cancelling closes the connection."""
+        if method == "HEAD":
+            # The response parser cannot know a HEAD answer has no body: it would wait for one.
+            raise ValueError("HEAD is not supported by this client")
         origin, target = self._target(url)
         pool = self._pool(origin)
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n" % (

@@ -401,12 +401,11 @@ class _Connection(asyncio.Protocol):
 
     def _write_reply(self, reply: Reply, request: Request) -> None:
         body = reply.body
-        head = _head(
-            reply.status,
-            reply.headers,
-            b"Content-Length: %d\r\n" % len(body),
-            request.keep_alive and not self._server.stopping,
-        )
+        keep_alive = request.keep_alive and not self._server.stopping
+        framing = b"Content-Length: %d\r\n" % len(body)
+        if keep_alive and not request.http11:
+            framing += b"Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
+        head = _head(reply.status, reply.headers, framing, keep_alive)
         self.write(head + body if request.method != "HEAD" else head)
 
     def write(self, data: bytes) -> None:
