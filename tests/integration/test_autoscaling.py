@@ -538,6 +538,7 @@ def test_queue_above_target_scales_up_within_two_ticks_and_down_only_after_the_w
         assert max(queue_seen) > target, queue_seen
         assert status["lastScaleReason"] == "QueueAboveTarget"
         assert status["lastScaleTime"]
+        assert status["capacityPerReplica"] == 2  # the engines' batch, learned and kept
         wait_serving(fleet, name, 3)
         # The new replicas take load and the queue per replica falls to the target or below.
         wait_for(

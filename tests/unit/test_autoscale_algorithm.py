@@ -20,6 +20,7 @@ from modelflock.autoscale.algorithm import (
     ScalingPolicy,
     StartingPod,
     decide,
+    remembered,
 )
 from modelflock.controller.expert import scaling_policy
 
@@ -502,3 +503,15 @@ def test_spec_fields_reach_the_policy() -> None:
         }
     )
     assert scaling_policy(unhinted).capacity_hint is None
+
+
+def test_capacity_kept_in_status_survives_an_operator_restart() -> None:
+    fresh = ScalerMemory()  # what a restarted operator knows
+    assert remembered(fresh, 24.0).capacity_per_replica == 24.0
+    assert remembered(fresh, None) is fresh
+    learned = ScalerMemory(capacity_per_replica=30.0)
+    assert remembered(learned, 24.0) is learned  # what this process measured wins
+    # A restarted operator sizes a wake from zero with it, like a capacityHint.
+    wake = obs(0, (), now=5000.0, demand=Demand(4999.0, 100))
+    woken = decide(ZERO_OK, wake, remembered(ScalerMemory((), 1000.0), 24.0))
+    assert woken.desired_replicas == 4  # ceil(100 / (24 + 2))

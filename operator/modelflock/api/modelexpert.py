@@ -452,6 +452,11 @@ class ModelExpertStatus(ApiModel):
     last_scale_reason: str | None = Field(
         default=None, description="Reason of the autoscaler's last decision."
     )
+    capacity_per_replica: float | None = Field(
+        default=None,
+        description="Requests one replica runs at once, as the autoscaler learned it from"
+        " saturated replicas; an operator restart starts from it instead of from nothing.",
+    )
 
 
 class ObjectMeta(ApiModel):

@@ -19,6 +19,7 @@ How replicas are sized (see docs/autoscaling.md):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -262,6 +263,14 @@ def _recommend(
         Reason.WITHIN_TOLERANCE,
         (f"{load.waiting:g} waiting and {load.running:g} running on {on_hand} replicas"),
     )
+
+
+def remembered(memory: ScalerMemory, capacity_in_status: float | None) -> ScalerMemory:
+    """The memory to decide with: a capacity learned before an operator restart (kept in the
+    expert's status) is used until a saturated replica shows the current one."""
+    if memory.capacity_per_replica is not None or not capacity_in_status:
+        return memory
+    return dataclasses.replace(memory, capacity_per_replica=float(capacity_in_status))
 
 
 def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Decision:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from modelflock.api.common import GROUP, VERSION, object_document
 from modelflock.api.modelexpert import ModelExpert, ModelExpertSpec, ModelExpertStatus
-from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod
+from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod, remembered
 from modelflock.autoscale.loop import ExpertPods, evaluate
 from modelflock.autoscale.metrics_parse import Engine
 from modelflock.autoscale.sources import MetricSource, PodTarget, PrometheusSource, ScrapeSource
@@ -225,6 +225,7 @@ async def reconcile_expert(
                 ExpertPods(replicas, ready_targets, starting),
                 logger,
                 now,
+                status_before.capacity_per_replica,
             )
 
     result = compute_status(observed, status_before, now)
@@ -283,8 +284,10 @@ async def autoscale_tick(
     pods: ExpertPods,
     logger: kopf.Logger,
     now: datetime,
+    learned_capacity: float | None = None,
 ) -> dict[str, Any]:
-    """Sample, decide, write replicas through the scale subresource. Returns status fields."""
+    """Sample, decide, write replicas through the scale subresource. Returns status fields.
+    `learned_capacity` is status.capacityPerReplica as last written (kept across restarts)."""
     namespace, name = key
     state.last_autoscale = time.monotonic()
     current = pods.current_replicas
@@ -309,7 +312,7 @@ async def autoscale_tick(
         pods,
         metric_source(ctx, spec, namespace),
         ctx.demand.latest(namespace, name),
-        state.scaler,
+        remembered(state.scaler, learned_capacity),
         time.monotonic(),  # the DemandStore's clock
     )
     decision = evaluation.decision
@@ -322,6 +325,8 @@ async def autoscale_tick(
     ctx.metrics.target_queue_depth.labels(namespace, name).set(policy.target_queue_depth)
     ctx.metrics.desired_replicas.labels(namespace, name).set(desired)
     fields: dict[str, Any] = {"queue_depth": round(decision.queue_depth)}
+    if decision.memory.capacity_per_replica is not None:
+        fields["capacity_per_replica"] = round(decision.memory.capacity_per_replica, 2)
     if desired != current or spec_replicas != desired:
         try:
             await ctx.kube.scale(API_VERSION, KIND, name, namespace, desired)
