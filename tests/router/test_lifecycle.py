@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+
+from modelflock.router import state as state_module
+from modelflock.router.http1 import Http1Client
+from modelflock.router.upstream import Upstream
 
 from .conftest import Flock
 
@@ -153,3 +159,32 @@ async def test_external_expert_key_is_sent_but_never_logged_or_exported(
     state_repr = repr(flock.config_path.read_text())
     for text in (caplog.text, metrics, body, json.dumps(dict(raw.headers)), state_repr):
         assert SECRET not in text and "ROTATED" not in text
+
+
+async def test_a_config_half_written_when_hashed_is_refused_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor writing the file in place: hashed while half written, parsed complete.
+    The bad content must be remembered as parsed, not retried (and counted) every interval."""
+    path = tmp_path / "router.yaml"
+    good = {
+        "experts": [{"name": "a", "urls": ["http://127.0.0.1:9"], "model": "a"}],
+        "routes": [{"name": "r", "expert": "a"}],
+    }
+    path.write_text(json.dumps(good))
+    results: list[str] = []
+    holder = state_module.StateHolder(path, Upstream(Http1Client(), None), results.append)
+    bad = "routes: [{name: r, expert: ghost}]"
+    path.write_text(bad[:10])  # what the hash sees
+    real_load = state_module.load_files
+
+    def load_after_the_write_completes(p: Path) -> Any:
+        p.write_text(bad)  # the editor finished between hashing and parsing
+        return real_load(p)
+
+    monkeypatch.setattr(state_module, "load_files", load_after_the_write_completes)
+    assert await holder.reload_if_changed() is False
+    assert await holder.reload_if_changed() is False  # same bad content: not parsed again
+    assert results == ["error"]
+    assert holder.current.config.routes[0].expert == "a"
+    await holder.close()

@@ -195,8 +195,11 @@ class StateHolder:
         except (OSError, ValueError) as exc:
             log.error("config reload failed, keeping the previous config: %s", exc)
             self.on_reload("error")
-            # Remember the bad content so it is not retried every interval.
-            self.current = replace(self.current, fingerprint=new_print)
+            # Remember the bad content so it is not retried every interval. Hashed again now:
+            # a file written in place (not swapped like a ConfigMap) may have been half
+            # written when it was hashed above, and complete when it was parsed.
+            bad_print = await asyncio.to_thread(fingerprint, files)
+            self.current = replace(self.current, fingerprint=bad_print)
             return False
         self.current = state  # the atomic swap: one reference assignment
         self._warming = warm_up(state)
