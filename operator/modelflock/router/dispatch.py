@@ -286,10 +286,7 @@ class Dispatcher:
                 resp = await self.upstream.client.post(
                     api_url(base, job.path), build_payload(job, expert), expert.headers
                 )
-                try:
-                    body = await resp.read()
-                finally:
-                    resp.close()  # no-op after a complete read
+                body = await resp.read()
                 status, content_type = resp.status, resp.content_type
         except TimeoutError:
             raise UpstreamFailure("timeout", "no answer within the request budget") from None

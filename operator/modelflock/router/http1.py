@@ -225,13 +225,18 @@ class Response:
         self.content_type = connection.content_type
 
     async def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
+        """The whole body; the connection goes back to the pool. A read that fails or is
+        cancelled closes it instead (the engine aborts the request)."""
         connection = self._connection
         if connection is None:
             return b""
         parts = []
-        while chunk := await connection.next_chunk():
-            parts.append(chunk)
+        try:
+            while chunk := await connection.next_chunk():
+                parts.append(chunk)
+        except BaseException:
+            self.close()
+            raise
         self.release()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

@@ -115,10 +115,7 @@ class Upstream:
             resp = await self.client.post(
                 api_url(base, path), json.dumps(payload).encode(), expert.headers
             )
-            try:
-                raw = await resp.read()
-            finally:
-                resp.close()  # no-op after a complete read (the connection is back in the pool)
+            raw = await resp.read()
         except OSError as exc:
             raise UpstreamFailure("connect", f"{expert.name}: {exc}") from None
         finally:
