@@ -52,9 +52,12 @@ def serve_aiohttp(forward: Forward, port: int) -> None:
         status, body = await forward(request.path, await request.read())
         return web.Response(status=status, body=body, headers=JSON)
 
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    app.router.add_get("/health", lambda _: handle_health())
+    app.router.add_get("/health", health)
     web.run_app(
         app,
         host="127.0.0.1",
@@ -63,12 +66,6 @@ def serve_aiohttp(forward: Forward, port: int) -> None:
         print=None,
         loop=uvloop.new_event_loop(),
     )
-
-
-async def handle_health() -> Any:
-    from aiohttp import web
-
-    return web.Response(text="ok")
 
 
 def serve_uvicorn(forward: Forward, port: int) -> None:
