@@ -58,7 +58,7 @@ from localcluster import (  # type: ignore[import-not-found,unused-ignore]  # no
 )
 
 from modelflock.api.modelexpert import ModelExpertSpec  # noqa: E402
-from modelflock.controller.config import parse_operator_config  # noqa: E402
+from modelflock.operator_config import parse_operator_config  # noqa: E402
 from modelflock.render.expert import EXPERT_LABEL, ExpertRef, render_deployment  # noqa: E402
 from support import OperatorProcess  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 

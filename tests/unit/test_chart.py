@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelflock.controller.config import parse_operator_config
+from modelflock.operator_config import parse_operator_config
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelflock"

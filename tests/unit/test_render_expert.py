@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from modelflock.api.modelexpert import ModelExpertSpec
-from modelflock.controller.config import OperatorConfig, parse_operator_config
+from modelflock.operator_config import OperatorConfig, parse_operator_config
 from modelflock.render.checks import check_expert, weights_gib
 from modelflock.render.expert import (
     ExpertRef,

@@ -84,7 +84,7 @@ app.kubernetes.io/part-of: modelflock
 {{- end -}}
 {{- end -}}
 
-{{/* The operator configuration file (controller/config.py's OperatorConfig), as YAML. */}}
+{{/* The operator configuration file (operator_config.py's OperatorConfig), as YAML. */}}
 {{- define "modelflock.operatorConfig" -}}
 {{- $autoscaler := dict "intervalSeconds" .Values.autoscaler.intervalSeconds "scrapeTimeoutSeconds" .Values.autoscaler.scrapeTimeoutSeconds "metricSource" .Values.autoscaler.metricSource -}}
 {{- if .Values.autoscaler.prometheusUrl -}}

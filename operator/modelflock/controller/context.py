@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 from modelflock.api.modelexpert import ModelExpertStatus
 from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
 from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, SourceMetrics
-from modelflock.controller.config import OperatorConfig
 from modelflock.controller.kube import Kube, Manifest
 from modelflock.controller.metrics import OperatorMetrics
+from modelflock.operator_config import OperatorConfig
 from modelflock.render.injection import SidecarPlan
 
 ObjectKey = tuple[str, str]  # (namespace, name)

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from modelflock.controller.config import ConfigError, OperatorConfig, load_operator_config
+from modelflock.operator_config import ConfigError, OperatorConfig, load_operator_config
 
 
 def _override(config: OperatorConfig, args: argparse.Namespace) -> OperatorConfig:

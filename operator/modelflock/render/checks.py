@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelflock.api.modelexpert import ModelExpertSpec
-from modelflock.controller.config import OperatorConfig
+from modelflock.operator_config import OperatorConfig
 
 BYTES_PER_PARAMETER = {
     "none": 2.0,

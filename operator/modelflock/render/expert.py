@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelflock.api.modelexpert import ModelExpertSpec, Toleration
-from modelflock.controller.config import NodePool, OperatorConfig
+from modelflock.operator_config import NodePool, OperatorConfig
 
 Manifest = dict[str, Any]
 
