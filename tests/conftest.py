@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from localcluster import LocalCluster  # noqa: E402
 
-from support import OperatorProcess, make_webhook_certs  # noqa: E402
+from support import MINILM_MODEL, EngineSimProcess, OperatorProcess, make_webhook_certs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +49,18 @@ def operator(
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of an engine-sim serving /v1/embeddings with the real all-MiniLM-L6-v2 model
+    (served name `support.MINILM_MODEL`). A missing model is an error, never a skip."""
+    engine = EngineSimProcess(
+        ["--embedding-model", "minilm", "--model", MINILM_MODEL, "--instant"],
+        tmp_path_factory.mktemp("minilm") / "engine-sim.log",
+    )
+    engine.start()
+    try:
+        yield engine.url
+    finally:
+        engine.stop()

@@ -234,3 +234,46 @@ def make_webhook_certs(directory: Path) -> Path:
         "tls.crt",
     )
     return directory
+
+
+MINILM_MODEL = "all-MiniLM-L6-v2"  # the served model name of the `minilm_server` fixture
+
+
+@dataclass
+class EngineSimProcess:
+    """`modelflock engine-sim` as a child process (a real HTTP server on loopback)."""
+
+    args: list[str]
+    log_path: Path
+    url: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the file
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelflock", "engine-sim", "--port", "0", *self.args],
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.process.stdout is not None
+        # The first line says where it listens (after the model has loaded); EOF if it died.
+        line = self.process.stdout.readline().decode()
+        if "listening on " not in line:
+            self.stop()
+            raise RuntimeError(
+                f"engine-sim {self.args} did not start: {line!r}; log: {self.log_path.read_text()}"
+            )
+        self.url = line.rsplit("listening on ", 1)[1].strip()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any, get_args
@@ -28,7 +29,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--kv-capacity", type=int, default=16384, help="KV cache size in tokens")
     p.add_argument("--max-concurrent", type=int, default=1024)
     p.add_argument("--instant", action="store_true", help="no queueing or delays")
-    p.add_argument("--embedding-dim", type=int, default=64)
+    p.add_argument("--embedding-dim", type=int, default=64, help="for --embedding-model hash")
+    p.add_argument(
+        "--embedding-model",
+        choices=["hash", "minilm"],
+        default="hash",
+        help="/v1/embeddings: hashed bag of words, or all-MiniLM-L6-v2 on CPU (384 dims)",
+    )
     p.add_argument("--api-key-file", type=Path, help="require this bearer token")
     p.add_argument("--legacy-kv-metric", action="store_true")
     p.add_argument(
@@ -56,6 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         max_concurrent=args.max_concurrent,
         instant=args.instant,
         embedding_dim=args.embedding_dim,
+        embedding_model=args.embedding_model,
         api_key=key,
         legacy_kv_metric=args.legacy_kv_metric,
         behaviour=Behaviour(
@@ -82,6 +90,10 @@ async def _serve(settings: SimSettings, host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.embedding_model == "minilm":
+        # One BLAS thread: the engine shares a small machine with the router and the tests, and
+        # OpenBLAS threads that spin for a busy core cost more than they gain (set it to override).
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         settings = settings_from_args(args)
     except (OSError, ValueError) as exc:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelflock.sim.embedders import EmbeddingModel
+
 Flavour = Literal["vllm", "tgi"]
 
 # ok: normal answers; error: HTTP `status` with an OpenAI-shaped error; refuse: a refusal text;
@@ -43,7 +45,10 @@ class SimSettings(BaseModel):
     kv_capacity_tokens: int = Field(default=16384, ge=1)
     max_concurrent: int = Field(default=1024, ge=1, description="beyond this: 429 (as TGI)")
     instant: bool = Field(default=False, description="no queueing or sleeping: for benchmarks")
-    embedding_dim: int = Field(default=64, ge=2)
+    embedding_dim: int = Field(default=64, ge=2, description="dimensions of the hash embedder")
+    embedding_model: EmbeddingModel = Field(
+        default="hash", description="hash: hashed bag of words; minilm: all-MiniLM-L6-v2 on CPU"
+    )
     api_key: str | None = Field(default=None, repr=False)
     legacy_kv_metric: bool = Field(
         default=False, description="vLLM: name the KV metric vllm:gpu_cache_usage_perc (old)"

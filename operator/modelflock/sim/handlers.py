@@ -21,7 +21,6 @@ from modelflock.sim.responses import (
     usage_chunk,
 )
 from modelflock.sim.state import SIM_STATE, SimState
-from modelflock.sim.text import count_tokens, embed
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
@@ -203,13 +202,15 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     except BadRequest as err:
         return _bad(err)
     as_base64 = body.get("encoding_format") == "base64"
-    dim = state.settings.embedding_dim
-    tokens = sum(count_tokens(s) for s in strings)
+    embedded = await state.embedder.embed(strings)
+    tokens = embedded.prompt_tokens
     state.stats.completed += 1
     return _json(
         {
             "object": "list",
-            "data": [embedding_item(i, embed(s, dim), as_base64) for i, s in enumerate(strings)],
+            "data": [
+                embedding_item(i, vector, as_base64) for i, vector in enumerate(embedded.vectors)
+            ],
             "model": state.settings.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from modelflock.sim.config import Behaviour, SimSettings
+from modelflock.sim.embedders import Embedder, make_embedder
 from modelflock.sim.metrics import EngineCounters, Gauges
 from modelflock.sim.queueing import BatchQueue
 
@@ -29,6 +30,7 @@ class SimState:
     settings: SimSettings
     behaviour: Behaviour
     queue: BatchQueue
+    embedder: Embedder
     counters: EngineCounters = field(default_factory=EngineCounters)
     stats: SimStats = field(default_factory=SimStats)
     ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -39,6 +41,7 @@ class SimState:
             settings=settings,
             behaviour=settings.behaviour.model_copy(),
             queue=BatchQueue(settings.max_batch),
+            embedder=make_embedder(settings.embedding_model, settings.embedding_dim),
         )
 
     def gauges(self) -> Gauges:
