@@ -5,6 +5,10 @@ Everything on 127.0.0.1. The proxy under test is pinned to core 0; the simulated
 aiohttp client (streaming time to first chunk, 1,000 concurrent streams).
 
     python bench/router_bench.py [--duration 4] [--litellm PATH | --no-litellm]
+                                 [--compare-tree DIR]
+
+--compare-tree DIR adds a second router run from another checkout's `operator/` (e.g. a
+worktree of main) to the same interleaved run: a before/after comparison of a change.
 
 Prints one table. Bounded: every phase has a fixed duration or count.
 """
@@ -390,6 +394,11 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3, help="interleaved runs per point")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="another checkout: its router (DIR/operator on PYTHONPATH) runs beside this one",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("needs wrk and taskset", file=sys.stderr)
@@ -397,7 +406,9 @@ def main() -> int:
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        fast_port, slow_port, router_port, litellm_port, bare_port = (free_port() for _ in range(5))
+        fast_port, slow_port, router_port, litellm_port, bare_port, other_port = (
+            free_port() for _ in range(6)
+        )
         fast, slow = f"http://{HOST}:{fast_port}", f"http://{HOST}:{slow_port}"
         sim = [python, "-m", "modelflock", "engine-sim", "--host", HOST, "--loop", "uvloop"]
         with (
@@ -474,6 +485,20 @@ def main() -> int:
                 base = f"http://{HOST}:{router_port}"
                 wait_http(f"{base}/readyz")
                 targets.append(Target("ModelFlock router", base, pid=router.pid))
+                if args.compare_tree is not None:
+                    tree = args.compare_tree.resolve()
+                    other_cmd = [*router_cmd[:-6], "--port", str(other_port), *router_cmd[-4:]]
+                    other = stack.enter_context(
+                        process(
+                            other_cmd,
+                            0,
+                            env={"PYTHONPATH": str(tree / "operator")},
+                            log=work / "router-other.log",
+                        )
+                    )
+                    obase = f"http://{HOST}:{other_port}"
+                    wait_http(f"{obase}/readyz")
+                    targets.append(Target(f"router ({tree.name})", obase, pid=other.pid))
                 if not args.no_litellm:
                     litellm = stack.enter_context(
                         process(litellm_cmd, 0, env=env, log=work / "litellm.log")

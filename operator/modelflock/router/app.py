@@ -16,6 +16,7 @@ from modelflock.router.handlers import RouterParts, api_routes, not_found, ops_r
 from modelflock.router.http1 import Http1Client
 from modelflock.router.http_server import HttpServer
 from modelflock.router.state import StateHolder, load_files
+from modelflock.router.steps import Steps
 from modelflock.router.upstream import Upstream
 
 # Requests still running when the router is told to stop get this long to finish.
@@ -25,8 +26,9 @@ _STOP_GRACE_SECONDS = 10.0
 class RouterServer:
     """The router listening on host:port (port 0: a free port); used by the CLI and tests."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, extra_steps: Steps | None = None) -> None:
         self.config_path = config_path
+        self.extra_steps = extra_steps or Steps()
         self.metrics = RouterMetrics()
         self.host, self.port = "", 0
         self.ops_port = 0
@@ -86,7 +88,8 @@ class RouterServer:
         loop = asyncio.get_running_loop()
         for task in (loop.create_task(holder.watch()), loop.create_task(discovery.run())):
             stack.push_async_callback(_cancel, task)
-        parts = RouterParts(lambda: holder.current, metrics, Dispatcher(upstream, metrics))
+        steps = self._steps()
+        parts = RouterParts(lambda: holder.current, metrics, Dispatcher(upstream, metrics, steps))
         server = HttpServer(
             api_routes(parts),
             not_found,
@@ -97,6 +100,12 @@ class RouterServer:
         stack.push_async_callback(server.stop, _STOP_GRACE_SECONDS)
         self._server = server
         self.host, self.port = server.host, server.port
+
+    def _steps(self) -> Steps:
+        """The steps Dispatcher.run calls around the experts (router/steps.py): the place to
+        add one. Steps that own resources register their cleanup on self._stack."""
+        extra = self.extra_steps
+        return Steps(before=extra.before, escalation=extra.escalation, after=extra.after)
 
     async def start_ops(self, host: str, port: int) -> None:
         """Serve /metrics, /healthz and /readyz on a second address as well: a sidecar keeps

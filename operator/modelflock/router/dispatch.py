@@ -1,4 +1,5 @@
-"""Dispatching one request: cold/overload checks, attempts, cascade escalation, fallback.
+"""Dispatching one request: the steps around the experts (router/steps.py), then the experts:
+cold/overload admission, attempts, cascade escalation, fallback.
 
 Fallback happens only before the first byte reaches the client; once a stream is committed
 it runs to its end (or the client's disconnect, which closes the upstream request too).
@@ -10,18 +11,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.balance import expert_health
-from modelflock.router.checks import CompiledChecks, failed_check
 from modelflock.router.errors import error_response
 from modelflock.router.http1 import Response
-from modelflock.router.http_server import Reply, Request, Result, Stream
-from modelflock.router.request import ParsedRequest
+from modelflock.router.http_server import Reply, Result, Stream
+from modelflock.router.job import Answer, Job, Served
 from modelflock.router.sse import SseScanner
-from modelflock.router.state import RouterState
+from modelflock.router.steps import Steps, admission, escalation_check
 from modelflock.router.upstream import (
     ExpertRuntime,
     Upstream,
@@ -31,6 +30,8 @@ from modelflock.router.upstream import (
 )
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Answer", "Dispatcher", "Job", "build_payload", "with_context"]
 
 _BROKEN_EVENT = (
     b'data: {"error": {"message": "the expert failed mid-stream", "type": '
@@ -45,62 +46,29 @@ _SSE_HEADERS = {
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
-@dataclass
-class Job:
-    """One request on its way through the router."""
-
-    request: Request
-    parsed: ParsedRequest
-    state: RouterState
-    path: str  # e.g. "/chat/completions"
-    route: str
-    intent: str
-    classifier: str
-    sequence: list[str]  # experts in trying order: cascade (or expert), then fallbacks
-    cascade_len: int
-    checks: CompiledChecks | None  # set only for non-streaming cascades
-    started: float  # loop time
-    attempts: int = 0
-    escalations: int = 0
-    reasons: list[str] = field(default_factory=list)
-    # What this request cost (every answer paid for, escalated ones included) and what the
-    # final answer would have cost at the baseline expert's prices.
-    cost: float = 0.0
-    baseline_cost: float = 0.0
-    # Replicas that refused a connection during this request (another one is tried first).
-    refused: set[str] = field(default_factory=set)
-    last_endpoint: str = ""
-
-    def headers(self, expert: str) -> dict[str, str]:
-        return {
-            "x-modelflock-expert": expert,
-            "x-modelflock-route": self.route,
-            "x-modelflock-intent": self.intent,
-            "x-modelflock-classifier": self.classifier,
-            "x-modelflock-attempts": str(self.attempts),
-            "x-modelflock-escalations": str(self.escalations),
-        }
-
-    @property
-    def adds_logprobs(self) -> bool:
-        """lowConfidence needs logprobs; ask for them even if the client did not."""
-        return (
-            self.checks is not None
-            and "lowConfidence" in self.checks.checks
-            and not self.parsed.wants_logprobs
-        )
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: bytes
-    content_type: str
-    payload: object  # parsed JSON, or None
+def with_context(body: dict[str, Any], kind: str, context: list[str]) -> dict[str, Any]:
+    """The request with the steps' context in front: one system message for chat (after
+    the client's own system messages), a prefix for a completion prompt."""
+    text = "\n\n".join(context)
+    if kind == "chat":
+        messages = list(body.get("messages") or [])
+        at = 0
+        while at < len(messages) and isinstance(messages[at], dict):
+            if messages[at].get("role") not in ("system", "developer"):
+                break
+            at += 1
+        messages.insert(at, {"role": "system", "content": text})
+        return {**body, "messages": messages}
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = "\n".join(str(p) for p in prompt)
+    return {**body, "prompt": f"{text}\n\n{prompt}"}
 
 
 def build_payload(job: Job, expert: ExpertRuntime) -> bytes:
     body = dict(job.parsed.body)
+    if job.context and job.parsed.kind != "embedding":
+        body = with_context(body, job.parsed.kind, job.context)
     body["model"] = expert.config.model  # the router rewrites the model to the expert's
     if job.parsed.stream and not job.parsed.wants_usage:
         options = body.get("stream_options")
@@ -132,9 +100,12 @@ def _without_logprobs(payload: dict[str, Any]) -> bytes:
 
 
 class Dispatcher:
-    def __init__(self, upstream: Upstream, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, upstream: Upstream, metrics: RouterMetrics, steps: Steps | None = None
+    ) -> None:
         self.upstream = upstream
         self.metrics = metrics
+        self.steps = steps or Steps()
 
     def _skip(self, job: Job, expert: str, reason: str, detail: str) -> None:
         job.reasons.append(f"{expert}: {detail}")
@@ -168,7 +139,10 @@ class Dispatcher:
         code: int,
         tokens: tuple[int, int],
         now: float | None = None,
+        answer: Answer | None = None,
     ) -> None:
+        """The final answer of a request (exactly once per request)."""
+        job.outcome = Served(expert, code, answer)
         m, route = self.metrics, job.route
         m.requests.inc((route, expert, job.intent, str(code)))
         if now is None:
@@ -179,40 +153,84 @@ class Dispatcher:
         self.charge(job, expert, tokens, baseline=True)
 
     async def run(self, job: Job) -> Result:
+        """Before-steps (may answer), the experts in order, then the after-steps (off the
+        client's path). Each feature is a step with pure decisions (router/steps.py)."""
+        steps = self.steps
+        result: Result | None = None
+        for before in steps.before:
+            result = await before.before(job)
+            if result is not None:
+                break
+        if result is None:
+            result = await self._experts(job)
+        if steps.after and job.outcome is not None:
+            # call_soon: runs once this task yields, i.e. after the server wrote the Reply
+            # (a stream has already ended when run() returns).
+            asyncio.get_running_loop().call_soon(self._after, job, job.outcome)
+        return result
+
+    def _after(self, job: Job, served: Served) -> None:
+        for after in self.steps.after:
+            try:
+                after.after(job, served)
+            except Exception:  # a post-answer step never affects serving
+                log.exception("post-answer step %s failed", type(after).__name__)
+
+    async def _admit(
+        self, job: Job, name: str, expert: ExpertRuntime, has_next: bool, deadline: float
+    ) -> bool:
+        """May this expert be tried now? Waits for a cold one when the decision says so."""
         defaults = job.state.config.defaults
-        loop = asyncio.get_running_loop()
-        deadline = job.started + defaults.request_timeout_seconds
         discovery = self.upstream.discovery
-        rejected: tuple[str, Answer] | None = None
+        if discovery is None:
+            return True
+        live = discovery.live(name)
+        health = expert_health(live, defaults.overload_queue_depth)
+        if health == "ok":
+            return True
+        cold_start = expert.config.cold_start_seconds
+        if live is not None and live.cold_start_seconds is not None:
+            cold_start = live.cold_start_seconds
+        loop = asyncio.get_running_loop()
+        budget = max(0.0, min(defaults.cold_start_wait_seconds, deadline - loop.time()))
+        decision = admission(health, has_next, cold_start, budget)
+        if decision == "skip-cold":
+            self._skip(job, name, "cold", "cold (no ready replica)")
+            discovery.note_fallback(name)
+            return False
+        if decision == "skip-overloaded":
+            self._skip(job, name, "overloaded", "overloaded (queue above threshold)")
+            return False
+        if decision == "wait":
+            self.metrics.waiting.add((name,), 1)
+            try:
+                why = await discovery.wait_until_warm(name, budget, defaults.max_waiting_requests)
+            finally:
+                self.metrics.waiting.add((name,), -1)
+            if why is not None:
+                self._skip(job, name, "cold", f"cold, {why}")
+                return False
+        return True
+
+    def _escalate(self, job: Job, name: str, to: str, check: str, answer: Answer) -> None:
+        job.escalations += 1
+        self.metrics.escalations.inc((job.route, name, to, check))
+        job.reasons.append(f"{name}: escalated ({check})")
+        if job.rejected is not None:  # superseded: its tokens were still paid for
+            self.charge(job, job.rejected[0], _usage(job.rejected[1].payload), False)
+        job.rejected = (name, answer)
+        for step in self.steps.escalation:
+            step.on_escalation(job, name, answer)
+
+    async def _experts(self, job: Job) -> Result:
+        """Try the experts in order: cold/overload admission, attempts, cascade, fallback."""
+        defaults = job.state.config.defaults
+        deadline = job.started + defaults.request_timeout_seconds
         seq, i = job.sequence, 0
         while i < len(seq):
             name, has_next = seq[i], i + 1 < len(seq)
             expert = job.state.experts[name]
-            live = discovery.live(name) if discovery else None
-            health = expert_health(live, defaults.overload_queue_depth)
-            if health == "cold" and discovery is not None:
-                cold_start = expert.config.cold_start_seconds
-                if live is not None and live.cold_start_seconds is not None:
-                    cold_start = live.cold_start_seconds
-                budget = max(0.0, min(defaults.cold_start_wait_seconds, deadline - loop.time()))
-                if has_next and cold_start > budget:
-                    self._skip(job, name, "cold", "cold (no ready replica)")
-                    discovery.note_fallback(name)
-                    i += 1
-                    continue
-                self.metrics.waiting.add((name,), 1)
-                try:
-                    why = await discovery.wait_until_warm(
-                        name, budget, defaults.max_waiting_requests
-                    )
-                finally:
-                    self.metrics.waiting.add((name,), -1)
-                if why is not None:
-                    self._skip(job, name, "cold", f"cold, {why}")
-                    i += 1
-                    continue
-            elif health == "overloaded" and has_next:
-                self._skip(job, name, "overloaded", "overloaded (queue above threshold)")
+            if not await self._admit(job, name, expert, has_next, deadline):
                 i += 1
                 continue
             if job.attempts >= defaults.max_attempts:
@@ -236,22 +254,18 @@ class Dispatcher:
                 i += 1
                 continue
             self.metrics.attempts.inc((name, "ok"))
-            if answer.status == 200 and job.checks is not None and i < job.cascade_len - 1:
-                check = failed_check(answer.payload, job.checks, job.parsed.wants_json)
-                if check is not None:
-                    job.escalations += 1
-                    self.metrics.escalations.inc((job.route, name, seq[i + 1], check))
-                    job.reasons.append(f"{name}: escalated ({check})")
-                    if rejected is not None:  # superseded: its tokens were still paid for
-                        self.charge(job, rejected[0], _usage(rejected[1].payload), False)
-                    rejected = (name, answer)
-                    i += 1
-                    continue
-            if rejected is not None:
-                self.charge(job, rejected[0], _usage(rejected[1].payload), False)
+            check = escalation_check(answer, job.checks, job.parsed.wants_json, i, job.cascade_len)
+            if check is not None:
+                self._escalate(job, name, seq[i + 1], check, answer)
+                i += 1
+                continue
+            if job.rejected is not None:
+                self.charge(job, job.rejected[0], _usage(job.rejected[1].payload), False)
             return self._respond(job, name, answer)
-        if rejected is not None:  # every bigger expert failed: the small answer is all we have
-            return self._respond(job, *rejected)
+        if job.rejected is not None:  # every bigger expert failed: the small answer is all
+            name, answer = job.rejected
+            job.rejected = None
+            return self._respond(job, name, answer)
         self.account(job, "none", 503, (0, 0))
         message = "no expert could serve the request: " + "; ".join(job.reasons or ["none"])
         return error_response(503, message, code="all_experts_failed", headers=job.headers("none"))
@@ -263,7 +277,7 @@ class Dispatcher:
         # For a non-streaming answer the first byte is the whole answer: one clock reading.
         now = asyncio.get_running_loop().time()
         self.metrics.ttfb.observe((job.route, expert), now - job.started)
-        self.account(job, expert, answer.status, _usage(answer.payload), now)
+        self.account(job, expert, answer.status, _usage(answer.payload), now, answer)
         # Non-streaming answers also carry their cost (streams commit headers before usage).
         headers = job.headers(expert)
         headers["x-modelflock-cost"] = repr(job.cost)

@@ -6,9 +6,10 @@ import asyncio
 
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.classify.features import Features
-from modelflock.router.dispatch import Job
+from modelflock.router.config import Route
 from modelflock.router.errors import RequestError
 from modelflock.router.http_server import Request
+from modelflock.router.job import Job
 from modelflock.router.request import ParsedRequest
 from modelflock.router.routing import candidate_sequence, select_route
 from modelflock.router.state import RouterState
@@ -35,6 +36,7 @@ async def plan_job(
         sequence: list[str],
         cascade_len: int = 1,
         cascade_route: str | None = None,
+        route_spec: Route | None = None,
     ) -> Job:
         checks = state.checks.get(cascade_route) if cascade_route and not parsed.stream else None
         return Job(
@@ -49,6 +51,7 @@ async def plan_job(
             cascade_len=cascade_len,
             checks=checks,
             started=started,
+            route_spec=route_spec,
         )
 
     if parsed.kind == "embedding":
@@ -76,4 +79,5 @@ async def plan_job(
         candidate_sequence(route),
         len(route.primary),
         route.name if route.cascade else None,
+        route,
     )

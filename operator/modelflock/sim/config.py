@@ -12,9 +12,11 @@ Flavour = Literal["vllm", "tgi"]
 
 # ok: normal answers; error: HTTP `status` with an OpenAI-shaped error; refuse: a refusal text;
 # truncate: finish_reason "length"; invalid_json: broken JSON text; empty: no content;
-# low_confidence: normal text with low token logprobs; drop: close the connection unanswered.
+# low_confidence: normal text with low token logprobs; drop: close the connection unanswered;
+# echo: the answer is the prompt as received (every message's text), so tests see what
+# the router sent.
 FailMode = Literal[
-    "ok", "error", "refuse", "truncate", "invalid_json", "empty", "low_confidence", "drop"
+    "ok", "error", "refuse", "truncate", "invalid_json", "empty", "low_confidence", "drop", "echo"
 ]
 
 

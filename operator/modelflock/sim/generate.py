@@ -140,6 +140,8 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
         return Output(_pieces(REFUSAL_TEXT), "stop", logprob)
     if mode == "empty":
         return Output([], "stop", logprob)
+    if mode == "echo":
+        return Output(_pieces(job.prompt_text), "stop", logprob)
     words = generate_words(job.prompt_text, max(wanted, 1))
     if mode == "truncate":
         return Output(_pieces(" ".join(words)), "length", logprob)
