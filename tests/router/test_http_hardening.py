@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -67,6 +67,14 @@ async def serving(
         await server.stop(grace=0.5)
 
 
+async def until(done: Callable[[], bool], seconds: float) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s")
+
+
 async def read_all(reader: asyncio.StreamReader, seconds: float = 3.0) -> bytes:
     received = b""
     with contextlib.suppress(TimeoutError, ConnectionError):
@@ -91,7 +99,7 @@ async def test_a_flood_of_one_byte_headers_is_431_at_once() -> None:
 
 
 async def test_too_many_header_fields_is_431_and_repeats_are_joined() -> None:
-    async with serving(Limits(max_headers=20)) as (server, app, refusals):
+    async with serving(Limits(max_headers=20)) as (server, _app, refusals):
         reader, writer = await asyncio.open_connection(server.host, server.port)
         writer.write(
             b"GET /echo HTTP/1.1\r\nHost: t\r\n"
@@ -172,7 +180,7 @@ async def test_a_partial_body_is_cut_at_the_body_timeout() -> None:
 
 
 async def test_connections_over_the_cap_get_503_and_close() -> None:
-    async with serving(Limits(max_connections=3)) as (server, app, refusals):
+    async with serving(Limits(max_connections=3)) as (server, _app, refusals):
         held = [await asyncio.open_connection(server.host, server.port) for _ in range(3)]
         await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_connection(server.host, server.port)
@@ -202,9 +210,7 @@ async def test_a_pipelining_client_that_never_reads_holds_one_answer_not_all() -
         )
         assert buffered <= 2 * BIG, buffered  # before: 40 answers, 40 MB in the send buffer
         assert len(app.handled) <= 8, len(app.handled)
-        async with asyncio.timeout(4):
-            while server.connections:
-                await asyncio.sleep(0.1)
+        await until(lambda: not server.connections, 4.0)
         assert server.in_flight == 0
         writer.close()
         del reader
@@ -217,8 +223,7 @@ async def test_a_stream_to_a_client_that_stopped_reading_ends_at_the_write_timeo
         await writer.drain()
         async with asyncio.timeout(4):
             await app.stream_ended.wait()
-            while server.connections or server.in_flight:
-                await asyncio.sleep(0.05)
+        await until(lambda: not (server.connections or server.in_flight), 2.0)
         writer.close()
 
 
