@@ -80,6 +80,12 @@ class RouterMetrics:
         )
         self.reloads = Counter(f"{_P}config_reloads", "Config reloads.", ("result",))
         self.in_flight = Gauge(f"{_P}in_flight_requests", "Requests in progress.", ())
+        self.shed = Counter(
+            f"{_P}shed_requests",
+            "Requests answered 503 + Retry-After to protect the router (overloaded: the"
+            " concurrency cap; memory: the memory budget).",
+            ("reason",),
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             Exporter([v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)])

@@ -10,11 +10,12 @@ from pathlib import Path
 import aiohttp
 
 from modelflock.router.accounting import RouterMetrics
+from modelflock.router.budget import MemoryBudget
 from modelflock.router.discovery import DiscoveryClient
 from modelflock.router.dispatch import Dispatcher
 from modelflock.router.handlers import RouterParts, api_routes, not_found, ops_routes
 from modelflock.router.http1 import Http1Client
-from modelflock.router.http_server import HttpServer
+from modelflock.router.http_server import HttpServer, Limits
 from modelflock.router.state import StateHolder, load_files
 from modelflock.router.steps import Steps
 from modelflock.router.upstream import Upstream
@@ -90,11 +91,22 @@ class RouterServer:
             stack.push_async_callback(_cancel, task)
         steps = self._steps()
         parts = RouterParts(lambda: holder.current, metrics, Dispatcher(upstream, metrics, steps))
+        defaults = config.defaults
+        # Every request's body, parsed JSON and buffered answer come out of one budget.
+        budget = MemoryBudget(defaults.max_buffered_bytes)
+        limits = Limits(
+            head_timeout=defaults.header_timeout_seconds,
+            body_timeout=defaults.body_timeout_seconds,
+            write_timeout=defaults.write_timeout_seconds,
+            max_connections=defaults.max_connections,
+        )
         server = HttpServer(
-            api_routes(parts),
+            api_routes(parts, budget.limit),
             not_found,
             max_body=lambda: holder.current.config.defaults.max_body_bytes,
             on_refusal=self._refused,
+            limits=limits,
+            budget=budget,
         )
         await server.start(host, port)
         stack.push_async_callback(server.stop, _STOP_GRACE_SECONDS)
@@ -111,7 +123,13 @@ class RouterServer:
         """Serve /metrics, /healthz and /readyz on a second address as well: a sidecar keeps
         the OpenAI API on localhost, while Prometheus and the kubelet reach these on the pod
         IP."""
-        ops = HttpServer(ops_routes(self.metrics), not_found, max_body=lambda: 0)
+        # Probes and scrapes only: a few connections, no bodies.
+        ops = HttpServer(
+            ops_routes(self.metrics),
+            not_found,
+            max_body=lambda: 0,
+            limits=Limits(max_connections=64, head_timeout=5.0, write_timeout=10.0),
+        )
         await ops.start(host, port)
         self._stack.push_async_callback(ops.stop, 0.0)
         self._ops = ops

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelflock.router.config import DEFAULT_REFUSAL_PATTERNS, Cascade
+from modelflock.router.usage import UncheckedAnswer
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ def mean_probability(logprobs: Sequence[float]) -> float | None:
 
 def failed_check(body: object, checks: CompiledChecks, wants_json: bool) -> str | None:
     """The first check the answer fails (truncated, empty, refusal, invalidJSON,
-    lowConfidence), or None when it passes."""
+    lowConfidence), or None when it passes (or could not be parsed within the router's
+    memory budget: then it is passed through unchecked)."""
+    if isinstance(body, UncheckedAnswer):
+        return None
     if (
         not isinstance(body, dict)
         or not isinstance(body.get("choices"), list)

@@ -168,6 +168,25 @@ class Defaults(Model):
     max_waiting_requests: int = Field(default=64, ge=0)
     overload_queue_depth: int = Field(default=16, ge=1, description="queue per ready replica")
     max_body_bytes: int = Field(default=4_194_304, ge=1024)
+    # Memory and overload bounds (docs/router.md, "Memory and overload"); the listener's
+    # limits apply at start only.
+    max_concurrent_requests: int = Field(
+        default=256, ge=1, description="OpenAI requests in progress; more: 503 + Retry-After"
+    )
+    max_buffered_bytes: int = Field(
+        default=48 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="request bodies, their parsed JSON and buffered answers, all requests",
+    )
+    max_answer_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="largest non-streaming answer read"
+    )
+    max_connections: int = Field(default=1024, ge=1)
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    body_timeout_seconds: float = Field(default=60, gt=0)
+    write_timeout_seconds: float = Field(
+        default=30, gt=0, description="a client that takes no answer bytes this long is cut off"
+    )
 
 
 class Discovery(Model):

@@ -16,10 +16,11 @@ from typing import Any
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.balance import expert_health
 from modelflock.router.errors import error_response
-from modelflock.router.http1 import Response
-from modelflock.router.http_server import Reply, Result, Stream
+from modelflock.router.http1 import AnswerTooLarge, Response
+from modelflock.router.http_server import Reply, Request, Result, Stream
 from modelflock.router.job import Answer, Job, Served
-from modelflock.router.sse import SseScanner
+from modelflock.router.request import parse_cost
+from modelflock.router.sse import EventTooLarge, SseScanner
 from modelflock.router.steps import Steps, admission, escalation_check
 from modelflock.router.upstream import (
     ExpertRuntime,
@@ -28,6 +29,7 @@ from modelflock.router.upstream import (
     api_url,
     is_failing_status,
 )
+from modelflock.router.usage import UncheckedAnswer, usage_from_tail, usage_tokens
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +84,20 @@ def build_payload(job: Job, expert: ExpertRuntime) -> bytes:
 
 
 def _usage(payload: object) -> tuple[int, int]:
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (
-        prompt if isinstance(prompt, int) else 0,
-        completion if isinstance(completion, int) else 0,
-    )
+    if isinstance(payload, UncheckedAnswer):
+        return usage_tokens(payload.usage)
+    return usage_tokens(payload.get("usage") if isinstance(payload, dict) else None)
+
+
+def _answer_payload(body: bytes, request: Request) -> object:
+    """The parsed answer, when its worst-case parse fits in the memory budget; otherwise an
+    UncheckedAnswer with only its usage. ValueError when it is not JSON."""
+    if not request.hold(parse_cost(body)):
+        return UncheckedAnswer(usage_from_tail(body))
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("the answer nests too deeply") from None
 
 
 def _without_logprobs(payload: dict[str, Any]) -> bytes:
@@ -300,10 +308,14 @@ class Dispatcher:
                 resp = await self.upstream.client.post(
                     api_url(base, job.path), build_payload(job, expert), expert.headers
                 )
-                body = await resp.read()
+                body = await resp.read(
+                    job.state.config.defaults.max_answer_bytes, job.request.hold
+                )
                 status, content_type = resp.status, resp.content_type
         except TimeoutError:
             raise UpstreamFailure("timeout", "no answer within the request budget") from None
+        except AnswerTooLarge as exc:
+            raise UpstreamFailure("too_large", str(exc)) from None
         except OSError as exc:
             raise UpstreamFailure("connect", str(exc) or type(exc).__name__) from None
         finally:
@@ -311,7 +323,7 @@ class Dispatcher:
         if is_failing_status(status):
             raise UpstreamFailure("status", f"HTTP {status}")
         try:
-            payload = json.loads(body)
+            payload = _answer_payload(body, job.request)
         except ValueError:
             if status == 200:
                 raise UpstreamFailure("protocol", "answer is not JSON") from None
@@ -335,7 +347,8 @@ class Dispatcher:
                     if is_failing_status(resp.status):
                         raise UpstreamFailure("status", f"HTTP {resp.status}")
                     if resp.status != 200:  # the client's own mistake: pass it on
-                        answer = Answer(resp.status, await resp.read(), resp.content_type, None)
+                        body = await resp.read(defaults.max_answer_bytes, job.request.hold)
+                        answer = Answer(resp.status, body, resp.content_type, None)
                         finished = True
                         return self._respond(job, expert.name, answer)
                     first = await resp.readany()
@@ -387,13 +400,13 @@ class Dispatcher:
         except (ConnectionResetError, asyncio.CancelledError):
             kind = "client_disconnected"
             raise
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError, EventTooLarge):
             # Bytes were already sent, so no fallback: tell the client in-band (the OpenAI
-            # SDKs raise on an `error` event) and end the stream.
+            # SDKs raise on an `error` event) and end the stream; a client that is not reading
+            # (the deadline passed while writing to it) is cut off instead.
             kind = "upstream_broken"
             with contextlib.suppress(ConnectionResetError):
-                await out.write(_BROKEN_EVENT)
-                await out.end()
+                await out.finish_with(_BROKEN_EVENT)
         finally:
             tokens = (
                 (scanner.usage or {}).get("prompt_tokens", 0),

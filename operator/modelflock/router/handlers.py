@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -13,11 +13,18 @@ from modelflock.router.dispatch import Dispatcher
 from modelflock.router.errors import RequestError, error_response, from_request_error
 from modelflock.router.http_server import Handler, Reply, Request, Result
 from modelflock.router.plan import plan_job
-from modelflock.router.request import Kind, parse_request
+from modelflock.router.request import Kind, parse_cost, parse_request
 from modelflock.router.state import RouterState
 
 Routes = dict[tuple[str, str], Handler]
 _JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Admission:
+    """OpenAI requests in progress (the concurrency cap counts these)."""
+
+    in_progress: int = 0
 
 
 @dataclass(frozen=True)
@@ -27,15 +34,49 @@ class RouterParts:
     state: Callable[[], RouterState]
     metrics: RouterMetrics
     dispatcher: Dispatcher
+    admission: Admission = field(default_factory=lambda: Admission())
 
 
-def openai_endpoint(parts: RouterParts, kind: Kind, path: str) -> Handler:
+_RETRY = {"Retry-After": "1"}
+
+
+def _shed(parts: RouterParts, reason: str, message: str) -> Result:
+    """Overload: a fast 503 the client may retry (the OpenAI SDKs honour Retry-After)."""
+    metrics = parts.metrics
+    metrics.shed.inc((reason,))
+    metrics.requests.inc(("none", "none", "none", "503"))
+    metrics.errors.inc(("none", "none", "http_503"))
+    return error_response(503, message, code=f"router_{reason}", headers=_RETRY)
+
+
+def _too_complex(cost: int, budget_limit: int) -> RequestError:
+    return RequestError(
+        413,
+        f"parsing this body would take up to {cost >> 20} MiB, over the router's memory"
+        f" budget of {budget_limit >> 20} MiB (defaults.maxBufferedBytes)",
+        code="request_too_complex",
+    )
+
+
+def openai_endpoint(
+    parts: RouterParts, kind: Kind, path: str, budget_limit: int | None = None
+) -> Handler:
     async def handle(request: Request) -> Result:
         state, metrics = parts.state(), parts.metrics
+        cap, admission = state.config.defaults.max_concurrent_requests, parts.admission
+        if admission.in_progress >= cap:
+            return _shed(parts, "overloaded", f"the router is at capacity ({cap} requests)")
+        admission.in_progress += 1
         metrics.in_flight.add((), 1)
         try:
             try:
-                # The server refused bodies over the limit (413) before reading them.
+                # The server refused bodies over the limit (413) before reading them; parsing
+                # takes its worst case from the memory budget first.
+                cost = parse_cost(request.body)
+                if not request.hold(cost):
+                    if budget_limit is not None and cost > budget_limit:
+                        raise _too_complex(cost, budget_limit)
+                    return _shed(parts, "memory", "the router's memory budget is taken; retry")
                 parsed = parse_request(request.body, kind)
                 job = await plan_job(request, parsed, state, path, metrics)
             except RequestError as err:
@@ -44,6 +85,7 @@ def openai_endpoint(parts: RouterParts, kind: Kind, path: str) -> Handler:
                 return from_request_error(err)
             return await parts.dispatcher.run(job)
         finally:
+            admission.in_progress -= 1
             metrics.in_flight.add((), -1)
 
     return handle
@@ -100,11 +142,14 @@ def ops_routes(metrics: RouterMetrics) -> Routes:
     }
 
 
-def api_routes(parts: RouterParts) -> Routes:
+def api_routes(parts: RouterParts, budget_limit: int | None = None) -> Routes:
+    def openai(kind: Kind, path: str) -> Handler:
+        return openai_endpoint(parts, kind, path, budget_limit)
+
     return {
-        ("POST", "/v1/chat/completions"): openai_endpoint(parts, "chat", "/chat/completions"),
-        ("POST", "/v1/completions"): openai_endpoint(parts, "completion", "/completions"),
-        ("POST", "/v1/embeddings"): openai_endpoint(parts, "embedding", "/embeddings"),
+        ("POST", "/v1/chat/completions"): openai("chat", "/chat/completions"),
+        ("POST", "/v1/completions"): openai("completion", "/completions"),
+        ("POST", "/v1/embeddings"): openai("embedding", "/embeddings"),
         ("GET", "/v1/models"): models_endpoint(parts),
         **ops_routes(parts.metrics),
     }

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -40,6 +40,10 @@ class UpstreamConnectionError(ConnectionError):
 
 class UpstreamProtocolError(ConnectionError):
     """The upstream's bytes are not valid HTTP/1.1."""
+
+
+class AnswerTooLarge(UpstreamProtocolError):
+    """An answer over the caller's size limit, or over what its memory budget can hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,15 +228,25 @@ class Response:
         self.status = connection.status
         self.content_type = connection.content_type
 
-    async def read(self) -> bytes:
+    async def read(
+        self, limit: int | None = None, hold: Callable[[int], bool] | None = None
+    ) -> bytes:
         """The whole body; the connection goes back to the pool. A read that fails or is
-        cancelled closes it instead (the engine aborts the request)."""
+        cancelled closes it instead (the engine aborts the request). Beyond `limit` bytes, or
+        when `hold(n)` (asked for twice each piece's size: the pieces, then the joined body)
+        refuses, AnswerTooLarge."""
         connection = self._connection
         if connection is None:
             return b""
         parts = []
+        size = 0
         try:
             while chunk := await connection.next_chunk():
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise AnswerTooLarge(f"the answer exceeds {limit} bytes")
+                if hold is not None and not hold(2 * len(chunk)):
+                    raise AnswerTooLarge("the router's memory budget cannot hold the answer")
                 parts.append(chunk)
         except BaseException:
             self.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from modelflock.openai_text import message_text
 from modelflock.router.errors import RequestError
@@ -59,12 +60,50 @@ def _embedding_input(body: dict[str, Any]) -> tuple[str, int]:
     raise RequestError(400, "'input' must be a non-empty string or array", "input")
 
 
+# Upper bounds of what CPython's json module takes to parse a document (measured on 3.11, see
+# docs/router.md "Memory and overload"): per container, member or element, and per byte of
+# string (a non-ASCII character, or one \u escape beyond Latin-1, makes a whole string 4 bytes
+# per character, and the decoded text exists alongside the objects while parsing).
+_BYTES_PER_VALUE = 64
+_ASCII_FACTOR = 3
+_WIDE_FACTOR = 10
+
+
+def parse_cost(raw: bytes) -> int:
+    """Upper bound of the memory `parse_request(raw)` and re-encoding the body for the engine
+    hold, from byte counts alone (C speed: no parse)."""
+    values = raw.count(b",") + raw.count(b"{") + raw.count(b"[") + 1
+    narrow = raw.isascii() and b"\\u" not in raw
+    return (_ASCII_FACTOR if narrow else _WIDE_FACTOR) * len(raw) + _BYTES_PER_VALUE * values
+
+
+def _not_a_number(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> object:
+    """Standard JSON only: NaN, Infinity and numbers that overflow to infinity are refused
+    (the router would forward them as non-standard JSON), and so is nesting deeper than the
+    parser's recursion limit."""
+    try:
+        return json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("the JSON nests too deeply") from None
+
+
 def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
     """Validate the fields routing depends on; the rest is the engine's business."""
     try:
-        body = json.loads(raw)
-    except ValueError:
-        raise RequestError(400, "the request body is not valid JSON") from None
+        body = parse_json(raw)
+    except ValueError as exc:
+        raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     model = body.get("model")
