@@ -308,9 +308,7 @@ class Dispatcher:
                 resp = await self.upstream.client.post(
                     api_url(base, job.path), build_payload(job, expert), expert.headers
                 )
-                body = await resp.read(
-                    job.state.config.defaults.max_answer_bytes, job.request.hold
-                )
+                body = await resp.read(job.state.config.defaults.max_answer_bytes, job.request.hold)
                 status, content_type = resp.status, resp.content_type
         except TimeoutError:
             raise UpstreamFailure("timeout", "no answer within the request budget") from None
