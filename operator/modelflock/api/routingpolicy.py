@@ -14,6 +14,8 @@ from modelflock.api.common import (
     ApiModel,
     Condition,
 )
+from modelflock.api.evaluation import SPEC_RULES as EVALUATION_RULES
+from modelflock.api.evaluation import EvaluationSpec, EvaluationStatus
 from modelflock.api.modelexpert import ObjectMeta
 
 KIND = "RoutingPolicy"
@@ -341,6 +343,7 @@ class RoutingPolicySpec(ApiModel):
                     "fieldPath": ".routes",
                     "reason": "FieldValueInvalid",
                 },
+                *EVALUATION_RULES,
             ]
         }
     }
@@ -371,6 +374,9 @@ class RoutingPolicySpec(ApiModel):
     )
     sidecar: SidecarSpec = Field(default_factory=SidecarSpec, description="Sidecar injection.")
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="Standalone gateway.")
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="Shadow evaluation of candidate experts (docs/evaluation.md)."
+    )
 
 
 class ExpertReadiness(ApiModel):
@@ -403,6 +409,9 @@ class RoutingPolicyStatus(ApiModel):
     experts_ready: str | None = Field(default=None, description="ready/total, for printing.")
     config_map_name: str | None = Field(default=None, description="The rendered router config.")
     config_hash: str | None = Field(default=None, description="SHA-256 of the rendered config.")
+    evaluation: EvaluationStatus | None = Field(
+        default=None, description="Shadow evaluation results and recommendations."
+    )
 
 
 class RoutingPolicy(ApiModel):

@@ -17,6 +17,7 @@ from modelflock.api.conditions import set_condition
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import ExpertReadiness, RoutingPolicy, RoutingPolicyStatus
 from modelflock.render.checks import parameter_count
+from modelflock.render.evaluation import render_evaluation
 from modelflock.render.expert import ExpertRef, service_endpoint
 
 CONFIG_KEY = "router.yaml"
@@ -109,6 +110,9 @@ def render_router_config(
     }
     if spec.baseline:
         config["baseline"] = spec.baseline
+    evaluation = render_evaluation(spec)
+    if evaluation is not None:
+        config["evaluation"] = evaluation
     if settings.operator_url:
         config["discovery"] = {
             "url": settings.operator_url,

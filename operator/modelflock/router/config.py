@@ -203,6 +203,33 @@ class Discovery(Model):
     )
 
 
+class EvaluationJudge(Model):
+    type: Literal["expert", "similarity"]
+    expert: str
+    rubric: str = ""
+    min_similarity: DecimalString = "0.85"
+    timeout_seconds: float = Field(default=60, gt=0)
+
+
+class EvaluationRoute(Model):
+    """A sampled route with its resolved candidates (the operator resolves the defaults)."""
+
+    name: Name
+    sample_rate: DecimalString
+    candidates: list[str] = Field(min_length=1)
+
+
+class Evaluation(Model):
+    """Shadow evaluation (docs/evaluation.md); routes not listed are never sampled."""
+
+    judge: EvaluationJudge
+    routes: list[EvaluationRoute] = Field(default_factory=list)
+    daily_budget_usd: DecimalString = Field(default="1", alias="dailyBudgetUSD")
+    max_concurrent: int = Field(default=2, ge=1)
+    wake_cold_candidates: bool = False
+    report_interval_seconds: float = Field(default=10.0, gt=0)
+
+
 class RouterConfig(Model):
     listen: Listen = Field(default_factory=Listen)
     models: list[str] = Field(
@@ -214,6 +241,7 @@ class RouterConfig(Model):
     baseline: str | None = None
     defaults: Defaults = Field(default_factory=Defaults)
     discovery: Discovery | None = None
+    evaluation: Evaluation | None = None
     reload_interval_seconds: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
@@ -233,6 +261,15 @@ class RouterConfig(Model):
         ]
         if self.baseline:
             named.append(("baseline", self.baseline))
+        if self.evaluation is not None:
+            named.append(("evaluation judge", self.evaluation.judge.expert))
+            routes = {r.name for r in self.routes}
+            for sampled in self.evaluation.routes:
+                if sampled.name not in routes:
+                    raise ValueError(f"evaluation: unknown route {sampled.name!r}")
+                if float(sampled.sample_rate) > 1:
+                    raise ValueError(f"evaluation route {sampled.name}: sampleRate above 1")
+                named += [(f"evaluation route {sampled.name}", c) for c in sampled.candidates]
         for where, name in named:
             if name not in experts:
                 raise ValueError(f"{where}: unknown expert {name!r}")

@@ -46,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--fail-status", type=int, default=500)
     p.add_argument("--first-byte-delay", type=float, default=0.0, help="seconds")
     p.add_argument("--not-ready", action="store_true", help="/health answers 503")
+    p.add_argument(
+        "--degraded-rate",
+        type=float,
+        default=0.0,
+        help="share of prompts (by a hash of the prompt) that get a degraded answer",
+    )
+    p.add_argument(
+        "--judge", action="store_true", help="answer judge prompts with A, B or TIE (scored)"
+    )
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     p.set_defaults(func=run)
 
@@ -71,6 +80,8 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
             status=args.fail_status,
             first_byte_delay_seconds=args.first_byte_delay,
             ready=not args.not_ready,
+            degraded_rate=args.degraded_rate,
+            judge=args.judge,
         ),
     )
 

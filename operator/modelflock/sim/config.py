@@ -31,6 +31,12 @@ class Behaviour(BaseModel):
     ready: bool = Field(default=True, description="/health answers 200 only when ready")
     # Substring of the prompt -> exact reply text (e.g. a classifier expert answering a label).
     replies: dict[str, str] = Field(default_factory=dict)
+    # Answer quality the tests control: this share of prompts (chosen by a hash of the prompt,
+    # the same prompts for every engine) gets a degraded answer instead of the good one.
+    degraded_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Judge mode: a judge prompt (modelflock.evaluation.judge) is answered A, B or TIE by
+    # scoring both answers deterministically (the share of good-vocabulary words).
+    judge: bool = False
 
 
 class SimSettings(BaseModel):

@@ -6,9 +6,20 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modelflock.evaluation.judge import read_sections
 from modelflock.openai_text import message_text
 from modelflock.sim.config import Behaviour, SimSettings
-from modelflock.sim.text import REFUSAL_TEXT, count_tokens, generate_words
+from modelflock.sim.text import (
+    REFUSAL_TEXT,
+    answer_quality,
+    count_tokens,
+    degraded_words,
+    generate_words,
+    is_degraded,
+)
+
+# The simulated judge calls a tie unless one answer is clearly better.
+JUDGE_MARGIN = 0.5
 
 
 class BadRequest(Exception):
@@ -135,6 +146,10 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
     for needle, reply in behaviour.replies.items():
         if needle in job.prompt_text:
             return Output(_pieces(reply), "stop", logprob)
+    if behaviour.judge:
+        verdict = judge_verdict(job.prompt_text)
+        if verdict is not None:
+            return Output([verdict], "stop", logprob)
     mode = behaviour.mode
     if mode == "refuse":
         return Output(_pieces(REFUSAL_TEXT), "stop", logprob)
@@ -142,7 +157,10 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
         return Output([], "stop", logprob)
     if mode == "echo":
         return Output(_pieces(job.prompt_text), "stop", logprob)
-    words = generate_words(job.prompt_text, max(wanted, 1))
+    if is_degraded(job.prompt_text, behaviour.degraded_rate):
+        words = degraded_words(job.prompt_text, max(wanted, 1))
+    else:
+        words = generate_words(job.prompt_text, max(wanted, 1))
     if mode == "truncate":
         return Output(_pieces(" ".join(words)), "length", logprob)
     if mode == "invalid_json":
@@ -150,3 +168,14 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
     if job.json_mode:
         return Output(_pieces(json.dumps({"answer": " ".join(words)})), "stop", logprob)
     return Output(_pieces(" ".join(words[:wanted])), finish, logprob)
+
+
+def judge_verdict(prompt_text: str) -> str | None:
+    """The simulated judge: A, B or TIE by the answers' quality; None if not a judge prompt."""
+    sections = read_sections(prompt_text)
+    if sections is None:
+        return None
+    a, b = answer_quality(sections["a"]), answer_quality(sections["b"])
+    if abs(a - b) < JUDGE_MARGIN:
+        return "TIE"
+    return "A" if a > b else "B"
