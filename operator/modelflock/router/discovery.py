@@ -139,10 +139,39 @@ class DiscoveryClient:
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("demand for %s failed: %s", expert, exc)
 
+    async def report_evaluation(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """POST shadow-evaluation counters (docs/evaluation.md); the operator's answer, or
+        None when there is no operator or it did not take the report."""
+        cfg = self._config()
+        if cfg is None:
+            return None
+        try:
+            async with self._session.post(
+                f"{_base(cfg)}/evaluation",
+                headers=await _auth(cfg),
+                json=body,
+                timeout=_HTTP_TIMEOUT,
+            ) as resp:
+                if resp.status != 200:
+                    log.warning("evaluation report refused: HTTP %s", resp.status)
+                    return None
+                answer = await resp.json(content_type=None)
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("evaluation report failed: %s", exc)
+            return None
+        return answer if isinstance(answer, dict) else None
+
     def note_fallback(self, expert: str) -> None:
         """A request left a cold expert for a fallback: wake it too (rate-limited)."""
         cfg = self._config()
-        if cfg is None or not cfg.wake_on_fallback or self.holding.get(expert):
+        if cfg is None or not cfg.wake_on_fallback:
+            return
+        self.wake(expert)
+
+    def wake(self, expert: str) -> None:
+        """Ask for one replica of a cold expert without holding a request (rate-limited)."""
+        cfg = self._config()
+        if cfg is None or self.holding.get(expert):
             return
         if time.monotonic() - self._last_demand.get(expert, -1e9) < cfg.demand_interval_seconds:
             return

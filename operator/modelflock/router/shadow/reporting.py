@@ -1,0 +1,127 @@
+"""Reporting shadow counters to the operator (flock API), as deltas since the last report.
+
+Deltas, not totals: a router that restarts starts from zero without taking anything back, and
+the operator adds up any number of routers. A report that fails is retried with the next one
+(the delta grows). The operator answers with the policy's spend today, which feeds the
+budget shared by all of the policy's routers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import fields
+from typing import Any
+
+from modelflock.evaluation.stats import Tally
+from modelflock.router.config import Evaluation
+from modelflock.router.shadow.budget import DailyBudget
+from modelflock.router.shadow.runner import ShadowMetrics
+
+log = logging.getLogger(__name__)
+
+TallyKey = tuple[str, str, str, str]  # route, served expert, candidate, judge
+_HEARTBEAT_SECONDS = 60.0  # report even without news this often (to learn the policy's spend)
+_WIRE = {
+    "served_cost": "servedCostUSD",
+    "candidate_cost": "candidateCostUSD",
+    "judge_cost": "judgeCostUSD",
+    "served_seconds": "servedSeconds",
+    "candidate_seconds": "candidateSeconds",
+}
+
+
+def delta(now: Tally, before: Tally | None) -> Tally:
+    if before is None:
+        return now
+    return Tally(*(getattr(now, f.name) - getattr(before, f.name) for f in fields(Tally)))
+
+
+def tally_wire(key: TallyKey, tally: Tally) -> dict[str, Any]:
+    """One result of a report, camelCase as the flock API documents it."""
+    route, expert, candidate, judge = key
+    item: dict[str, Any] = {"route": route, "expert": expert, "candidate": candidate}
+    item["judge"] = judge
+    for f in fields(Tally):
+        item[_WIRE.get(f.name, f.name)] = getattr(tally, f.name)
+    return item
+
+
+def report_body(
+    router: str,
+    tallies: dict[TallyKey, Tally],
+    sent: dict[TallyKey, Tally],
+    dropped: int,
+    day: str,
+    spent: float,
+) -> dict[str, Any]:
+    results = []
+    for key, tally in sorted(tallies.items()):
+        change = delta(tally, sent.get(key))
+        if change.samples:
+            results.append(tally_wire(key, change))
+    return {"router": router, "day": day, "spentUSD": spent, "dropped": dropped, "results": results}
+
+
+class ShadowReporter:
+    """Sends the counters' deltas every `report_interval_seconds` of the evaluation config."""
+
+    def __init__(
+        self,
+        router_id: str,
+        metrics: ShadowMetrics,
+        budget: DailyBudget,
+        evaluation: Callable[[], Evaluation | None],
+        post: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.router_id = router_id
+        self.metrics = metrics
+        self.budget = budget
+        self._evaluation = evaluation
+        self._post = post
+        self._clock = clock
+        self.sent: dict[TallyKey, Tally] = {}
+        self.sent_dropped = 0
+        self._last = -1e18
+        self.reports = 0
+
+    async def report_once(self) -> bool:
+        """One report if there is news (or the heartbeat is due); True when the operator took
+        it."""
+        tallies = self.metrics.tallies()
+        dropped = self.metrics.dropped_total()
+        spent = self.budget.unreported
+        body = report_body(
+            self.router_id, tallies, self.sent, dropped - self.sent_dropped, self.budget.day, spent
+        )
+        news = bool(body["results"]) or body["dropped"] or spent
+        if not news and self._clock() - self._last < _HEARTBEAT_SECONDS:
+            return False
+        answer = await self._post(body)
+        if answer is None:
+            return False
+        self._last = self._clock()
+        self.sent, self.sent_dropped = tallies, dropped
+        self.reports += 1
+        policy_spent = answer.get("spentTodayUSD")
+        if isinstance(policy_spent, int | float | str):
+            try:
+                self.budget.acknowledged(str(answer.get("day", body["day"])), spent, float(policy_spent))
+            except ValueError:
+                log.warning("the operator's evaluation answer has a bad spentTodayUSD")
+        self.metrics.spent.values[()] = self.budget.spent
+        return True
+
+    async def run(self) -> None:
+        while True:
+            evaluation = self._evaluation()
+            interval = evaluation.report_interval_seconds if evaluation else 10.0
+            await asyncio.sleep(interval)
+            if evaluation is None and not self.metrics.samples.values:
+                continue
+            try:
+                await self.report_once()
+            except Exception:  # the reporter must survive anything
+                log.exception("evaluation report failed")
