@@ -26,6 +26,8 @@ class FlockApi:
         self.experts: dict[str, dict[str, Any]] = {}
         self.demands: list[dict[str, Any]] = []
         self.wake: dict[str, str] = {}  # expert -> URL that becomes ready on demand
+        self.evaluation_reports: list[dict[str, Any]] = []
+        self.policy_spent: float | None = None  # answer this spend (else: the reports' sum)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -70,11 +72,22 @@ class FlockApi:
             self.set_expert(body["expert"], [url])
         return web.Response(status=202)
 
+    async def evaluation(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.Response(status=401)
+        body = await request.json()
+        self.evaluation_reports.append(body)
+        spent = self.policy_spent
+        if spent is None:
+            spent = sum(float(r["spentUSD"]) for r in self.evaluation_reports)
+        return web.json_response({"day": body["day"], "spentTodayUSD": spent})
+
     async def start(self) -> None:
         app = web.Application()
         base = "/flock/v1/namespaces/ns/routingpolicies/policy"
         app.router.add_get(f"{base}/endpoints", self.endpoints)
         app.router.add_post(f"{base}/demand", self.demand)
+        app.router.add_post(f"{base}/evaluation", self.evaluation)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

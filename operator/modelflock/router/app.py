@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,11 +13,15 @@ import aiohttp
 
 from modelflock.router.accounting import RouterMetrics
 from modelflock.router.budget import MemoryBudget
+from modelflock.router.config import Evaluation
 from modelflock.router.discovery import DiscoveryClient
 from modelflock.router.dispatch import Dispatcher
 from modelflock.router.handlers import RouterParts, api_routes, not_found, ops_routes
 from modelflock.router.http1 import Http1Client
 from modelflock.router.http_server import HttpServer, Limits
+from modelflock.router.shadow.budget import DailyBudget
+from modelflock.router.shadow.reporting import ShadowReporter
+from modelflock.router.shadow.runner import ShadowMetrics, ShadowStep
 from modelflock.router.state import StateHolder, load_files
 from modelflock.router.steps import Steps
 from modelflock.router.upstream import Upstream
@@ -33,6 +39,8 @@ class RouterServer:
         self.metrics = RouterMetrics()
         self.host, self.port = "", 0
         self.ops_port = 0
+        self.shadow: ShadowStep | None = None
+        self.shadow_reporter: ShadowReporter | None = None
         self._server: HttpServer | None = None
         self._ops: HttpServer | None = None
         self._holder: StateHolder | None = None
@@ -89,7 +97,7 @@ class RouterServer:
         loop = asyncio.get_running_loop()
         for task in (loop.create_task(holder.watch()), loop.create_task(discovery.run())):
             stack.push_async_callback(_cancel, task)
-        steps = self._steps()
+        steps = self._steps(upstream, discovery)
         parts = RouterParts(lambda: holder.current, metrics, Dispatcher(upstream, metrics, steps))
         defaults = config.defaults
         # Every request's body, parsed JSON and buffered answer come out of one budget.
@@ -113,11 +121,40 @@ class RouterServer:
         self._server = server
         self.host, self.port = server.host, server.port
 
-    def _steps(self) -> Steps:
+    def _steps(self, upstream: Upstream, discovery: DiscoveryClient) -> Steps:
         """The steps Dispatcher.run calls around the experts (router/steps.py): the place to
         add one. Steps that own resources register their cleanup on self._stack."""
         extra = self.extra_steps
-        return Steps(before=extra.before, escalation=extra.escalation, after=extra.after)
+        shadow = self._shadow(upstream, discovery)
+        return Steps(before=extra.before, escalation=extra.escalation, after=(*extra.after, shadow))
+
+    def _shadow(self, upstream: Upstream, discovery: DiscoveryClient) -> ShadowStep:
+        """Shadow evaluation (router/shadow): the after-step, its metrics and its reports."""
+
+        def evaluation() -> Evaluation | None:
+            return self.holder.current.config.evaluation
+
+        def limit() -> float:
+            current = evaluation()
+            return float(current.daily_budget_usd) if current else 0.0
+
+        metrics = ShadowMetrics()
+        self.metrics.registry.register(metrics.exporter())
+        budget = DailyBudget(limit, time.time)
+        step = ShadowStep(upstream, metrics, budget)
+        self._stack.push_async_callback(step.close)
+        reporter = ShadowReporter(
+            secrets.token_hex(8),
+            metrics,
+            budget,
+            evaluation,
+            discovery.report_evaluation,
+            time.monotonic,
+        )
+        task = asyncio.get_running_loop().create_task(reporter.run())
+        self._stack.push_async_callback(_cancel, task)
+        self.shadow, self.shadow_reporter = step, reporter
+        return step
 
     async def start_ops(self, host: str, port: int) -> None:
         """Serve /metrics, /healthz and /readyz on a second address as well: a sidecar keeps

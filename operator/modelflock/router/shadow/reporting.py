@@ -108,7 +108,9 @@ class ShadowReporter:
         policy_spent = answer.get("spentTodayUSD")
         if isinstance(policy_spent, int | float | str):
             try:
-                self.budget.acknowledged(str(answer.get("day", body["day"])), spent, float(policy_spent))
+                self.budget.acknowledged(
+                    str(answer.get("day", body["day"])), spent, float(policy_spent)
+                )
             except ValueError:
                 log.warning("the operator's evaluation answer has a bad spentTodayUSD")
         self.metrics.spent.values[()] = self.budget.spent

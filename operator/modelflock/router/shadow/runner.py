@@ -79,7 +79,9 @@ class ShadowMetrics:
         self.limit = Gauge(f"{_P}budget_limit_usd", "The daily budget of samples.", ())
 
     def exporter(self) -> Exporter:
-        return Exporter([v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)])
+        return Exporter(
+            [v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)]
+        )
 
     def tallies(self) -> dict[tuple[str, str, str, str], Tally]:
         """Cumulative tallies per (route, served, candidate, judge) from the counters."""
@@ -337,14 +339,16 @@ class ShadowStep:
             cost = s.judge.cost(usage_tokens(payload)[0], 0)
             try:
                 data = sorted(payload["data"], key=lambda d: d["index"])
-                first, second = (list(map(float, d["embedding"])) for d in data[:2])
-                similarity = cosine(first, second)
+                served_vec, candidate_vec = (list(map(float, d["embedding"])) for d in data[:2])
+                similarity = cosine(served_vec, candidate_vec)
             except (KeyError, TypeError, ValueError) as exc:
                 raise _JudgeFailure(f"bad embeddings: {exc}", cost) from None
             return similarity_outcome(similarity, float(judge.min_similarity)), cost
         question = s.job.parsed.prompt
         first, second = (
-            (candidate_text, s.served_text) if s.candidate_first else (s.served_text, candidate_text)
+            (candidate_text, s.served_text)
+            if s.candidate_first
+            else (s.served_text, candidate_text)
         )
         request = judge_payload(
             s.judge.config.model,

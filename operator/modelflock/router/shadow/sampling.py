@@ -28,9 +28,7 @@ def route_plans(evaluation: Evaluation | None) -> dict[str, RoutePlan]:
     """Per sampled route: its rate and candidates (compiled once per config)."""
     if evaluation is None:
         return {}
-    return {
-        r.name: RoutePlan(float(r.sample_rate), tuple(r.candidates)) for r in evaluation.routes
-    }
+    return {r.name: RoutePlan(float(r.sample_rate), tuple(r.candidates)) for r in evaluation.routes}
 
 
 def opted_out(headers: Mapping[str, str]) -> bool:
