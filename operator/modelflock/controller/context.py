@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from modelflock.api.modelexpert import ModelExpertStatus
 from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
 from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, SourceMetrics
+from modelflock.controller.evaluation import EvaluationStore
 from modelflock.controller.kube import Kube, Manifest
 from modelflock.controller.metrics import OperatorMetrics
 from modelflock.operator_config import OperatorConfig
@@ -91,6 +92,8 @@ class OperatorContext:
     policy_triggers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     # Filled by the RoutingPolicy workers: each policy's router token and the experts it names.
     policy_access: dict[ObjectKey, PolicyAccess] = field(default_factory=dict)
+    # Shadow-evaluation reports of the routers, summed per policy (flock API → status).
+    evaluations: EvaluationStore = field(default_factory=EvaluationStore)
     # Filled by the RoutingPolicy workers, read by the sidecar injection webhook.
     sidecar_plans: dict[ObjectKey, SidecarPlan] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None

@@ -14,9 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+from modelflock.evaluation.wire import NotNamedError, parse_report
 
 PREFIX = "/flock/v1/namespaces/{namespace}/routingpolicies/{policy}"
 MAX_DEMAND_BODY = 4096
+MAX_EVALUATION_BODY = 256 * 1024
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -90,11 +92,32 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         ctx.trigger_expert((namespace, expert))
         return web.json_response({"accepted": True}, status=202)
 
+    async def evaluation(request: web.Request) -> web.Response:
+        """A router's shadow-evaluation counters (deltas); answers the policy's spend today,
+        which caps every router's samples (docs/evaluation.md)."""
+        checked = _authorize(ctx, request)
+        if isinstance(checked, web.Response):
+            return checked
+        key, access = checked
+        if (request.content_length or 0) > MAX_EVALUATION_BODY:
+            return _error(413, "evaluation report too large")
+        try:
+            report = parse_report(await request.json(), access.experts)
+        except NotNamedError as error:
+            return _error(403, str(error))
+        except ValueError as error:
+            return _error(400, f"invalid evaluation report: {error}")
+        state = ctx.evaluations.add(key, report, datetime.now(UTC))
+        if ctx.evaluations.should_trigger(key):
+            ctx.trigger_policy(key)
+        return web.json_response({"day": state.day or report.day, "spentTodayUSD": state.spent})
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(client_max_size=MAX_DEMAND_BODY)
+    app = web.Application(client_max_size=MAX_EVALUATION_BODY)
     app.router.add_get(PREFIX + "/endpoints", endpoints)
     app.router.add_post(PREFIX + "/demand", demand)
+    app.router.add_post(PREFIX + "/evaluation", evaluation)
     app.router.add_get("/healthz", healthz)
     return app

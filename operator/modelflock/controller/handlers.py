@@ -173,6 +173,7 @@ def build_registry(
             ctx.policy_triggers.pop(key, None)
             ctx.policy_access.pop(key, None)
             ctx.sidecar_plans.pop(key, None)
+            ctx.evaluations.forget(key)
 
     @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
     def policy_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:

@@ -15,6 +15,7 @@ from modelflock.api.common import GROUP, VERSION, object_document
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+from modelflock.render.evaluation import evaluation_status, recommendation_changes
 from modelflock.render.injection import SidecarPlan
 from modelflock.render.policy import (
     CONFIG_KEY,
@@ -163,11 +164,36 @@ async def reconcile_policy(
     status = compute_policy_status(
         policy, experts, config_map_name(name), digest, previous, datetime.now(UTC)
     )
+    status = _with_evaluation(ctx, key, policy, previous, status, body)
     _post_events(body, previous, status)
     if status.to_api() != previous.to_api():
         await ctx.kube.patch_status(API_VERSION, KIND, name, namespace, status.to_api())
     ctx.metrics.reconciles.labels(KIND, "ok").inc()
     ctx.metrics.reconcile_seconds.labels(KIND).observe(time.monotonic() - started)
+
+
+def _with_evaluation(
+    ctx: OperatorContext,
+    key: ObjectKey,
+    policy: RoutingPolicy,
+    previous: RoutingPolicyStatus,
+    status: RoutingPolicyStatus,
+    body: kopf.Body,
+) -> RoutingPolicyStatus:
+    """status.evaluation from the routers' reports; an Event for every changed recommendation
+    (recommendations only: nothing here changes routing)."""
+    state = ctx.evaluations.seed(key, previous.evaluation)
+    evaluation = evaluation_status(
+        policy.spec, state.totals, state.day, state.spent, state.dropped, state.last_report
+    )
+    for result in recommendation_changes(previous.evaluation, evaluation):
+        kopf.event(
+            body,
+            type="Normal",
+            reason=f"Recommend{result.recommendation}",
+            message=result.message,
+        )
+    return status.model_copy(update={"evaluation": evaluation})
 
 
 def _post_events(body: kopf.Body, before: RoutingPolicyStatus, after: RoutingPolicyStatus) -> None:

@@ -15,37 +15,20 @@ from dataclasses import fields
 from typing import Any
 
 from modelflock.evaluation.stats import Tally
+from modelflock.evaluation.wire import TallyKey, tally_wire
 from modelflock.router.config import Evaluation
 from modelflock.router.shadow.budget import DailyBudget
 from modelflock.router.shadow.runner import ShadowMetrics
 
 log = logging.getLogger(__name__)
 
-TallyKey = tuple[str, str, str, str]  # route, served expert, candidate, judge
 _HEARTBEAT_SECONDS = 60.0  # report even without news this often (to learn the policy's spend)
-_WIRE = {
-    "served_cost": "servedCostUSD",
-    "candidate_cost": "candidateCostUSD",
-    "judge_cost": "judgeCostUSD",
-    "served_seconds": "servedSeconds",
-    "candidate_seconds": "candidateSeconds",
-}
 
 
 def delta(now: Tally, before: Tally | None) -> Tally:
     if before is None:
         return now
     return Tally(*(getattr(now, f.name) - getattr(before, f.name) for f in fields(Tally)))
-
-
-def tally_wire(key: TallyKey, tally: Tally) -> dict[str, Any]:
-    """One result of a report, camelCase as the flock API documents it."""
-    route, expert, candidate, judge = key
-    item: dict[str, Any] = {"route": route, "expert": expert, "candidate": candidate}
-    item["judge"] = judge
-    for f in fields(Tally):
-        item[_WIRE.get(f.name, f.name)] = getattr(tally, f.name)
-    return item
 
 
 def report_body(

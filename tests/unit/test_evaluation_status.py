@@ -1,0 +1,176 @@
+"""Operator side of shadow evaluation: report parsing, summing across routers, status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from modelflock.api.routingpolicy import RoutingPolicySpec
+from modelflock.controller.evaluation import MAX_KEYS, EvaluationStore
+from modelflock.evaluation.stats import Tally
+from modelflock.evaluation.wire import NotNamedError, parse_report, tally_wire
+from modelflock.render.evaluation import evaluation_status, recommendation_changes, tally_of
+
+EXPERTS = frozenset({"small", "big", "judge"})
+KEY = ("code", "big", "small", "pairwise")
+NOW = datetime(2026, 11, 29, 21, 0, tzinfo=UTC)
+
+
+def report(*results: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {
+        "router": "r1",
+        "day": "2026-11-29",
+        "spentUSD": 0.5,
+        "dropped": 1,
+        "results": list(results),
+        **top,
+    }
+
+
+def item(**changes: Any) -> dict[str, Any]:
+    return {
+        **tally_wire(KEY, Tally(samples=3, ties=2, losses=1, served_cost=0.3, candidate_cost=0.1)),
+        **changes,
+    }
+
+
+def test_a_report_round_trips() -> None:
+    parsed = parse_report(report(item(), item()), EXPERTS)  # the same key twice: summed
+    assert parsed.results[KEY] == Tally(
+        samples=6, ties=4, losses=2, served_cost=0.6, candidate_cost=0.2
+    )
+    assert (parsed.router, parsed.day, parsed.spent, parsed.dropped) == ("r1", "2026-11-29", 0.5, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([], "expected a JSON object"),
+        (report(router=""), "router"),
+        (report(day="yesterday"), "day"),
+        (report(item(judge="vibes")), "judge"),
+        (report(item(route="Not A Name")), "route"),
+        (report(item(samples=4)), "sum of the outcomes"),
+        (report(item(wins=-1, samples=2)), "wins"),
+        (report(item(servedCostUSD=float("nan"))), "servedCostUSD"),
+        (report(item(candidateCostUSD="1")), "candidateCostUSD"),
+        (report(spentUSD=-2), "spentUSD"),
+        (report(*[item()] * 300), "at most 256"),
+    ],
+)
+def test_bad_reports_are_refused_with_the_field(body: Any, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_report(body, EXPERTS)
+
+
+def test_experts_the_policy_does_not_name_are_refused() -> None:
+    with pytest.raises(NotNamedError, match="'other'"):
+        parse_report(report(item(candidate="other")), EXPERTS)
+
+
+def test_reports_of_several_routers_add_up_and_spend_is_per_day() -> None:
+    store = EvaluationStore()
+    key = ("ns", "policy")
+    store.add(key, parse_report(report(item()), EXPERTS), NOW)
+    state = store.add(key, parse_report(report(item(), router="r2"), EXPERTS), NOW)
+    assert state.totals[KEY].samples == 6
+    assert (state.day, state.spent, state.dropped) == ("2026-11-29", 1.0, 2)
+    state = store.add(key, parse_report(report(day="2026-11-30", spentUSD=0.25), EXPERTS), NOW)
+    assert (state.day, state.spent) == ("2026-11-30", 0.25)
+    state = store.add(key, parse_report(report(spentUSD=9.0), EXPERTS), NOW)  # late, yesterday's
+    assert (state.day, state.spent) == ("2026-11-30", 0.25)
+    assert state.totals[KEY].samples == 6
+
+
+def test_a_restarted_operator_continues_from_its_status() -> None:
+    spec = policy_spec()
+    first = EvaluationStore()
+    first.add(("ns", "p"), parse_report(report(item()), EXPERTS), NOW)
+    state = first.get(("ns", "p"))
+    status = evaluation_status(spec, state.totals, state.day, state.spent, state.dropped, NOW)
+    second = EvaluationStore()
+    # a report arrives before the first reconcile of the new process: both are kept
+    second.add(("ns", "p"), parse_report(report(item()), EXPERTS), NOW)
+    seeded = second.seed(("ns", "p"), status)
+    assert seeded.totals[KEY].samples == 6
+    assert seeded.spent == pytest.approx(1.0)
+    assert seeded.totals[KEY].served_cost == pytest.approx(0.6)
+    again = second.seed(("ns", "p"), status)  # once per process
+    assert again.totals[KEY].samples == 6
+
+
+def test_keys_per_policy_are_bounded() -> None:
+    store = EvaluationStore()
+    for chunk in range(0, 600, 200):
+        items = [item(route=f"r{chunk + i}") for i in range(200)]
+        store.add(("ns", "p"), parse_report(report(*items), EXPERTS), NOW)
+    assert len(store.get(("ns", "p")).totals) == MAX_KEYS
+
+
+def policy_spec(**evaluation: Any) -> RoutingPolicySpec:
+    return RoutingPolicySpec.model_validate(
+        {
+            "experts": sorted(EXPERTS),
+            "routes": [{"name": "code", "expert": "big"}, {"name": "chat", "expert": "small"}],
+            "evaluation": {
+                "judge": {"type": "expert", "expert": "judge"},
+                "candidates": ["small"],
+                **evaluation,
+            },
+        }
+    )
+
+
+def test_status_is_bounded_sorted_and_limited_to_current_routes() -> None:
+    totals = {
+        ("code", "big", "small", "pairwise"): Tally(
+            samples=412, ties=396, losses=16, served_cost=1, candidate_cost=0.4
+        ),
+        ("chat", "small", "big", "pairwise"): Tally(
+            samples=500, wins=160, ties=340, served_cost=0.1, candidate_cost=1
+        ),
+        ("gone", "big", "small", "pairwise"): Tally(samples=900, ties=900),
+        **{("code", "big", "small", f"x{i}"): Tally(samples=1, ties=1) for i in range(100)},
+    }
+    status = evaluation_status(policy_spec(), totals, "2026-11-29", 0.125, 3, NOW)
+    assert status is not None
+    assert len(status.results) == 64
+    first, second = status.results[:2]
+    assert (first.route, first.recommendation) == ("chat", "Escalate")
+    assert (second.route, second.recommendation) == ("code", "MoveDown")
+    assert second.message.endswith("consider moving it down")
+    assert (second.rate, second.rate_lower) == ("0.9612", "0.9379")
+    assert all(r.route != "gone" for r in status.results)
+    assert status.spent_today_usd == "0.125" and status.dropped == 3
+    # thresholds come from the policy
+    strict = evaluation_status(
+        policy_spec(thresholds={"matchTarget": "0.99"}), totals, None, 0, 0, None
+    )
+    assert strict is not None and strict.results[1].recommendation == "Keep"
+    # the status round-trips into counters
+    key, tally = tally_of(second)
+    assert key == ("code", "big", "small", "pairwise")
+    assert tally.samples == 412 and tally.candidate_cost == pytest.approx(0.4)
+
+
+def test_no_evaluation_and_no_data_means_no_status() -> None:
+    spec = RoutingPolicySpec.model_validate(
+        {"experts": ["a"], "routes": [{"name": "r", "expert": "a"}]}
+    )
+    assert evaluation_status(spec, {}, None, 0, 0, None) is None
+
+
+def test_only_changed_recommendations_raise_events() -> None:
+    spec = policy_spec()
+    few = {KEY: Tally(samples=10, ties=10, served_cost=1, candidate_cost=0.5)}
+    many = {KEY: Tally(samples=100, ties=100, served_cost=1, candidate_cost=0.5)}
+    worse = {KEY: Tally(samples=200, ties=150, losses=50, served_cost=1, candidate_cost=0.5)}
+    s0 = evaluation_status(spec, few, None, 0, 0, None)
+    s1 = evaluation_status(spec, many, None, 0, 0, None)
+    s2 = evaluation_status(spec, worse, None, 0, 0, None)
+    assert recommendation_changes(None, s0) == []  # NeedMoreSamples at first: nothing to say
+    assert [r.recommendation for r in recommendation_changes(s0, s1)] == ["MoveDown"]
+    assert recommendation_changes(s1, s1) == []
+    assert [r.recommendation for r in recommendation_changes(s1, s2)] == ["Keep"]
