@@ -300,3 +300,62 @@ async def test_similarity_with_the_real_minilm_model(flock: Flock, minilm_server
 
 def test_default_rubric_is_used_when_empty() -> None:
     assert "impartial" in DEFAULT_RUBRIC
+
+
+async def test_report_recommends_what_the_qualities_justify(
+    flock: Flock, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`small` is as good as `served` at half the price (move down); `big` is better than
+    `served` on the prompts it degrades (a cascade check or a bigger expert)."""
+    from modelflock.cli import main
+
+    await flock.sim("served", behaviour={"degraded_rate": 0.3})
+    await flock.sim("small", behaviour={"degraded_rate": 0.3})
+    await flock.sim("big", behaviour={"degraded_rate": 0.0})
+    await flock.sim("judge", behaviour={"judge": True})
+
+    def priced(name: str, output: str) -> dict[str, Any]:
+        return flock.expert(name, prices={"inputPerMillion": "0", "outputPerMillion": output})
+
+    router = await flock.router(
+        {
+            "experts": [
+                priced("served", "2000"),
+                priced("small", "1000"),
+                priced("big", "8000"),
+                flock.expert("judge"),
+            ],
+            "routes": [{"name": "summarize", "expert": "served"}],
+            "evaluation": {
+                "judge": {"type": "expert", "expert": "judge"},
+                "routes": [
+                    {"name": "summarize", "sampleRate": "1", "candidates": ["small", "big"]}
+                ],
+                "maxConcurrent": 16,
+                "dailyBudgetUSD": "100",
+            },
+        }
+    )
+    client = flock.client(router)
+    prompts = [f"Summarize support ticket {i} in one line." for i in range(60)]
+    for prompt in prompts:
+        await ask(client, prompt)
+    await settle(router)
+    saved = tmp_path / "metrics.txt"
+    saved.write_text(await metrics_text(await flock.http(), router))
+    lost = sum(is_degraded(p, 0.3) for p in prompts)
+    capsys.readouterr()
+    assert main(["report", "--quality", "--file", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "route `summarize`: `small` matched `served` on 100 % ± 6 % of 60 samples at 50 % of"
+        " the cost — consider moving it down"
+    ) in out
+    share = round(100 * lost / 60)
+    assert f"route `summarize`: `served` lost to `big` on {share} % ±" in out
+    assert "consider a cascade check or a bigger expert" in out
+    assert out.count("  - route") == 2  # nothing else is recommended
+    # the default report has the cost table and the quality section
+    assert main(["report", "--file", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "TOTAL" in out and "== Quality (shadow evaluation)" in out

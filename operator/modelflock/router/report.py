@@ -1,9 +1,11 @@
-"""`modelflock report`: cost per query by route and savings against the baseline expert,
-read from a router's /metrics (a URL or a saved file)."""
+"""`modelflock report`: cost per query by route and savings against the baseline expert, and
+the quality section (shadow evaluation: docs/evaluation.md), read from a router's /metrics (a
+URL or a saved file) or, for quality, from a RoutingPolicy (`kubectl get rp NAME -o json`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import urllib.request
 from collections import defaultdict
@@ -11,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from modelflock.evaluation.stats import Thresholds
+from modelflock.router.quality import format_quality, tallies_from_metrics, tallies_from_policy
 
 _P = "modelflock_router_"
 
@@ -121,27 +126,76 @@ def format_table(rows: list[RouteRow]) -> str:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "report", help="cost per query and savings from router metrics", description=__doc__
+        "report",
+        help="cost per query, savings and quality recommendations from router metrics",
+        description=__doc__,
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--url", help="a router's metrics URL, e.g. http://127.0.0.1:8787/metrics")
     source.add_argument("--file", type=Path, help="a saved metrics text file")
+    source.add_argument(
+        "--policy",
+        help="a RoutingPolicy as JSON (a file, or - for stdin: kubectl get rp NAME -o json);"
+        " its status.evaluation sums every router of the policy (implies --quality)",
+    )
+    p.add_argument("--quality", action="store_true", help="only the quality section")
+    defaults = Thresholds()
+    p.add_argument(
+        "--min-samples",
+        type=int,
+        default=defaults.min_samples,
+        help="metrics sources: the policy's thresholds.minSamples (default %(default)s)",
+    )
+    p.add_argument(
+        "--match-target",
+        type=float,
+        default=defaults.match_target,
+        help="metrics sources: thresholds.matchTarget (default %(default)s)",
+    )
+    p.add_argument(
+        "--loss-limit",
+        type=float,
+        default=defaults.loss_limit,
+        help="metrics sources: thresholds.lossLimit (default %(default)s)",
+    )
     p.set_defaults(func=run)
+
+
+def _read(args: argparse.Namespace) -> str:
+    if args.policy == "-":
+        return sys.stdin.read()
+    if args.policy:
+        return Path(args.policy).read_text()
+    if args.file:
+        return str(args.file.read_text())
+    with urllib.request.urlopen(args.url, timeout=10) as resp:
+        return str(resp.read().decode())
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.file:
-            text = args.file.read_text()
-        else:
-            with urllib.request.urlopen(args.url, timeout=10) as resp:
-                text = resp.read().decode()
+        text = _read(args)
     except OSError as exc:
-        print(f"report: cannot read metrics: {exc}", file=sys.stderr)
+        print(
+            f"report: cannot read {'the policy' if args.policy else 'metrics'}: {exc}",
+            file=sys.stderr,
+        )
         return 2
-    rows = summarize(text)
-    if not rows:
-        print("no routed requests in these metrics")
+    if args.policy:
+        try:
+            tallies, thresholds = tallies_from_policy(json.loads(text))
+        except (ValueError, AttributeError) as exc:
+            print(f"report: not a RoutingPolicy as JSON: {exc}", file=sys.stderr)
+            return 2
+        print(format_quality(tallies, thresholds) if tallies else "no shadow samples yet")
         return 0
-    print(format_table(rows))
+    thresholds = Thresholds(args.min_samples, args.match_target, args.loss_limit)
+    tallies = tallies_from_metrics(text)
+    if not args.quality:
+        rows = summarize(text)
+        print(format_table(rows) if rows else "no routed requests in these metrics")
+        if not tallies:
+            return 0
+        print("\n== Quality (shadow evaluation)")
+    print(format_quality(tallies, thresholds) if tallies else "no shadow samples in these metrics")
     return 0
