@@ -627,9 +627,14 @@ def test_dashboard(full_docs: list[dict[str, Any]]) -> None:
         "modelflock_router_baseline_cost_usd_total",
         "modelflock_router_escalations_total",
         "modelflock_router_fallbacks_total",
+        "modelflock_router_shadow_samples_total",
+        "modelflock_router_shadow_cost_usd_total",
+        "modelflock_router_shadow_dropped_total",
     ):
         assert metric in exprs, metric
     assert "by (route, expert)" in exprs
+    quality = next(p for p in dashboard["panels"] if p.get("repeat") == "route")
+    assert quality["title"].endswith("$route (last hour of samples)")
     assert used_metrics(exprs) <= exported_metric_names()
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))

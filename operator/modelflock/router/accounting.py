@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from modelflock.router.metrics_core import Counter, Exporter, Gauge, Histogram
+from modelflock.router.shadow.metrics import ShadowMetrics
 
 _LATENCY = (
     0.0005,
@@ -90,3 +91,5 @@ class RouterMetrics:
         self.registry.register(
             Exporter([v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)])
         )
+        self.shadow = ShadowMetrics()  # shadow evaluation (router/shadow)
+        self.registry.register(self.shadow.exporter())

@@ -21,7 +21,7 @@ from modelflock.router.http1 import Http1Client
 from modelflock.router.http_server import HttpServer, Limits
 from modelflock.router.shadow.budget import DailyBudget
 from modelflock.router.shadow.reporting import ShadowReporter
-from modelflock.router.shadow.runner import ShadowMetrics, ShadowStep
+from modelflock.router.shadow.runner import ShadowStep
 from modelflock.router.state import StateHolder, load_files
 from modelflock.router.steps import Steps
 from modelflock.router.upstream import Upstream
@@ -138,8 +138,7 @@ class RouterServer:
             current = evaluation()
             return float(current.daily_budget_usd) if current else 0.0
 
-        metrics = ShadowMetrics()
-        self.metrics.registry.register(metrics.exporter())
+        metrics = self.metrics.shadow
         budget = DailyBudget(limit, time.time)
         step = ShadowStep(upstream, metrics, budget)
         self._stack.push_async_callback(step.close)

@@ -18,7 +18,7 @@ from modelflock.evaluation.stats import Tally
 from modelflock.evaluation.wire import TallyKey, tally_wire
 from modelflock.router.config import Evaluation
 from modelflock.router.shadow.budget import DailyBudget
-from modelflock.router.shadow.runner import ShadowMetrics
+from modelflock.router.shadow.metrics import ShadowMetrics
 
 log = logging.getLogger(__name__)
 
