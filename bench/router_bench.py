@@ -10,6 +10,11 @@ aiohttp client (streaming time to first chunk, 1,000 concurrent streams).
 --compare-tree DIR adds a second router run from another checkout's `operator/` (e.g. a
 worktree of main) to the same interleaved run: a before/after comparison of a change.
 
+--shadow-rate 0.05 adds a second router whose only difference is shadow evaluation sampling
+5 % of the answers (a candidate replay and a pairwise judge call each, to an instant engine
+on core 1), in the same interleaved run, and prints its latency and throughput relative to
+the router with sampling off (docs/router.md).
+
 Prints one table. Bounded: every phase has a fixed duration or count.
 """
 
@@ -272,10 +277,28 @@ def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) 
         t.ttfc_ms = statistics.median(ttfc[t.name])
 
 
-def router_config(path: Path, fast: str, slow: str) -> None:
+def router_config(
+    path: Path, fast: str, slow: str, candidate: str | None = None, rate: float = 0.0
+) -> None:
+    """The benchmark's router; with `candidate`, shadow evaluation samples `rate` of answers
+    to it (it also judges them)."""
+    extra: dict[str, object] = {}
+    if candidate is not None:
+        extra = {
+            "evaluation": {
+                "judge": {"type": "expert", "expert": "cand"},
+                "routes": [
+                    {"name": r, "sampleRate": f"{rate:g}", "candidates": ["cand"]}
+                    for r in ("code", "other")
+                ],
+                "dailyBudgetUSD": "1000000",
+            }
+        }
+    experts = [{"name": "cand", "urls": [candidate], "model": "cand"}] if candidate else []
     path.write_text(
         json.dumps(
             {
+                **extra,
                 "listen": {"host": HOST, "port": 0},
                 "models": ["auto"],
                 "experts": [
@@ -286,6 +309,7 @@ def router_config(path: Path, fast: str, slow: str) -> None:
                         "prices": {"inputPerMillion": "0.1", "outputPerMillion": "0.2"},
                     },
                     {"name": "slow", "urls": [slow], "model": "slow"},
+                    *experts,
                 ],
                 "classifier": {
                     "stages": [{"type": "rules"}],
@@ -385,6 +409,60 @@ def table(targets: list[Target], direct: Target, streams: int) -> str:
     return "\n".join(lines)
 
 
+def shadow_samples(base: str) -> dict[str, float]:
+    """What the sampling router did: judged samples and drops by reason."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "modelflock_router_shadow_samples_total":
+                found["judged"] = found.get("judged", 0) + s.value
+            elif s.name == "modelflock_router_shadow_dropped_total":
+                key = f"dropped ({s.labels['reason']})"
+                found[key] = found.get(key, 0) + s.value
+            elif s.name == "modelflock_router_requests_total":
+                found["requests"] = found.get("requests", 0) + s.value
+    return found
+
+
+def shadow_comparison(off: Target, on: Target, direct: Target, samples: dict[str, float]) -> str:
+    """Sampling on vs off, same run: the router's added latency and its throughput."""
+    lines = [
+        "| sampling | added p50 c=1 | added p99 c=1 | p50 c=32 | p99 c=32 | req/s c=32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in (off, on):
+        lines.append(
+            f"| {t.name} | +{t.rows[1].p50_ms - direct.rows[1].p50_ms:.3f} ms"
+            f" | +{t.rows[1].p99_ms - direct.rows[1].p99_ms:.3f} ms"
+            f" | {t.rows[32].p50_ms:.2f} ms | {t.rows[32].p99_ms:.2f} ms"
+            f" | {t.rows[32].rps:,.0f} |"
+        )
+
+    def change(a: float, b: float) -> str:
+        return f"{(b - a) / a:+.1%}" if a else "-"
+
+    lines.append(
+        f"| change | {change(off.rows[1].p50_ms, on.rows[1].p50_ms)} (total p50)"
+        f" | {change(off.rows[1].p99_ms, on.rows[1].p99_ms)} (total p99)"
+        f" | {change(off.rows[32].p50_ms, on.rows[32].p50_ms)}"
+        f" | {change(off.rows[32].p99_ms, on.rows[32].p99_ms)}"
+        f" | {change(off.rows[32].rps, on.rows[32].rps)} |"
+    )
+    share = samples.get("judged", 0) / max(samples.get("requests", 1), 1)
+    drops = ", ".join(f"{k} {v:.0f}" for k, v in sorted(samples.items()) if k.startswith("drop"))
+    lines.append(
+        f"\nshadow router: {samples.get('requests', 0):.0f} requests,"
+        f" {samples.get('judged', 0):.0f} judged samples ({share:.1%}){'; ' + drops if drops else ''}"
+    )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -399,6 +477,11 @@ def main() -> int:
         type=Path,
         help="another checkout: its router (DIR/operator on PYTHONPATH) runs beside this one",
     )
+    parser.add_argument(
+        "--shadow-rate",
+        type=float,
+        help="add a router with shadow evaluation sampling this share (e.g. 0.05)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("needs wrk and taskset", file=sys.stderr)
@@ -409,10 +492,13 @@ def main() -> int:
         fast_port, slow_port, router_port, litellm_port, bare_port, other_port = (
             free_port() for _ in range(6)
         )
+        cand_port, shadow_port = free_port(), free_port()
+        cand = f"http://{HOST}:{cand_port}"
         fast, slow = f"http://{HOST}:{fast_port}", f"http://{HOST}:{slow_port}"
         sim = [python, "-m", "modelflock", "engine-sim", "--host", HOST, "--loop", "uvloop"]
         with (
             process([*sim, "--port", str(fast_port), "--model", "auto", "--instant"], 1),
+            process([*sim, "--port", str(cand_port), "--model", "cand", "--instant", "--judge"], 1),
             process(
                 [
                     *sim,
@@ -485,6 +571,24 @@ def main() -> int:
                 base = f"http://{HOST}:{router_port}"
                 wait_http(f"{base}/readyz")
                 targets.append(Target("ModelFlock router", base, pid=router.pid))
+                shadow: Target | None = None
+                samples: dict[str, float] = {}
+                if args.shadow_rate is not None:
+                    wait_http(f"{cand}/health")
+                    shadow_config = work / "router-shadow.json"
+                    router_config(shadow_config, fast, slow, cand, args.shadow_rate)
+                    shadow_cmd = [*router_cmd]
+                    shadow_cmd[shadow_cmd.index(str(work / "router.json"))] = str(shadow_config)
+                    shadow_cmd[shadow_cmd.index(str(router_port))] = str(shadow_port)
+                    shadow_proc = stack.enter_context(
+                        process(shadow_cmd, 0, log=work / "router-shadow.log")
+                    )
+                    sbase = f"http://{HOST}:{shadow_port}"
+                    wait_http(f"{sbase}/readyz")
+                    shadow = Target(
+                        f"router, shadow {args.shadow_rate:.0%}", sbase, pid=shadow_proc.pid
+                    )
+                    targets.append(shadow)
                 if args.compare_tree is not None:
                     tree = args.compare_tree.resolve()
                     other_cmd = [*router_cmd[:-6], "--port", str(other_port), *router_cmd[-4:]]
@@ -514,6 +618,8 @@ def main() -> int:
                         )
                     )
                 measure_all(targets, args.duration, args.reps, work)
+                if shadow is not None:
+                    samples = shadow_samples(shadow.url)
                 for t in targets[2:]:
                     assert t.pid is not None
                     t.streams_ok = asyncio.run(
@@ -524,6 +630,11 @@ def main() -> int:
                     t.rss_mib = peak_rss_mib(t.pid)
     load = os.getloadavg()
     print(table(targets, targets[0], args.streams))
+    if args.shadow_rate is not None:
+        off = next(t for t in targets if t.name == "ModelFlock router")
+        on = next(t for t in targets if t.name.startswith("router, shadow"))
+        print()
+        print(shadow_comparison(off, on, targets[0], samples))
     print(
         f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
         f"on {os.cpu_count()} cores; medians of {args.reps} interleaved wrk runs of "

@@ -50,8 +50,11 @@ class SimProfile:
     decode_ms: float = 5
     output_tokens: int = 32
     replies: dict[str, str] = field(default_factory=dict)
+    degraded_rate: float = 0.0  # answer quality (shadow evaluation judges it)
+    judge: bool = False  # answers judge prompts (the frontier judges shadow samples)
 
     def args(self, host: str, port: int, model: str) -> list[str]:
+        extra = ["--judge"] if self.judge else []
         return [
             sys.executable,
             "-m",
@@ -73,22 +76,45 @@ class SimProfile:
             str(self.decode_ms),
             "--output-tokens",
             str(self.output_tokens),
+            "--degraded-rate",
+            str(self.degraded_rate),
+            *extra,
         ]
 
 
 # Small models refuse what is marked hard (so cascades escalate); big ones are slower.
+# Answer quality (what shadow evaluation measures): the share of prompts each engine answers
+# badly. intent-small is as good as summarize-tgi, but writes stories badly (a canned degraded
+# answer); code-7b is often worse than the frontier.
+DEGRADED_ANSWER = "unrelated vague guess perhaps nonsense filler random noise"
 PROFILES: dict[str, SimProfile] = {
     "intent-small": SimProfile(
-        max_batch=32, decode_ms=2, output_tokens=24, replies={HARD_MARKER: REFUSAL}
+        max_batch=32,
+        decode_ms=2,
+        output_tokens=24,
+        replies={
+            HARD_MARKER: REFUSAL,
+            "story": DEGRADED_ANSWER,
+            "poem": DEGRADED_ANSWER,
+            "blog post": DEGRADED_ANSWER,
+        },
+        degraded_rate=0.05,
     ),
     "embed-small": SimProfile(max_batch=64, decode_ms=1),
     "code-7b": SimProfile(
-        max_batch=4, prefill_ms=20, decode_ms=8, output_tokens=48, replies={HARD_MARKER: REFUSAL}
+        max_batch=4,
+        prefill_ms=20,
+        decode_ms=8,
+        output_tokens=48,
+        replies={HARD_MARKER: REFUSAL},
+        degraded_rate=0.4,
     ),
     "writer-70b": SimProfile(max_batch=8, prefill_ms=40, decode_ms=12, output_tokens=96),
-    "summarize-tgi": SimProfile(flavour="tgi", max_batch=8, decode_ms=5, output_tokens=40),
+    "summarize-tgi": SimProfile(
+        flavour="tgi", max_batch=8, decode_ms=5, output_tokens=40, degraded_rate=0.05
+    ),
 }
-FRONTIER = SimProfile(max_batch=256, decode_ms=3, output_tokens=64)
+FRONTIER = SimProfile(max_batch=256, decode_ms=3, output_tokens=64, judge=True)
 
 
 class EngineFleet:
@@ -351,6 +377,9 @@ class Portfolio:
                 if doc["kind"] == "ModelExpert" and name == "frontier":
                     # The demo's frontier API is a simulated one on loopback.
                     doc["spec"]["external"]["baseURL"] = f"http://127.0.0.1:{self.frontier_port}/v1"
+                if doc["kind"] == "RoutingPolicy" and "evaluation" in doc["spec"]:
+                    # No samples until the demo's quality phase (set_evaluation).
+                    doc["spec"]["evaluation"]["sampleRate"] = "0"
                 if doc["kind"] == "ModelExpert" and "autoscaling" in doc["spec"]:
                     # Short windows so scale-down and scale-to-zero happen while you watch.
                     scaling = doc["spec"]["autoscaling"]
@@ -420,9 +449,36 @@ class Portfolio:
         config["listen"] = {"host": "127.0.0.1", "port": self.router_port}
         return config
 
+    def write_router_config(self) -> None:
+        """The router's config file from the ConfigMap (the router reloads a changed file)."""
+        path = self.workdir / "router.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.router_config(), sort_keys=False))
+        tmp.replace(path)
+
+    def set_evaluation(self, **fields: Any) -> None:
+        """Change spec.evaluation (as GitOps would), wait for the operator's render, and hand
+        the new config to the router."""
+        assert self.cluster is not None
+        patch = json.dumps({"spec": {"evaluation": fields}})
+        self.cluster.kubectl(
+            "patch", "routingpolicy", "portfolio", "-n", NAMESPACE, "--type", "merge", "-p", patch
+        )
+        wanted = {k: v for k, v in fields.items() if k != "sampleRate"}
+
+        def rendered() -> bool:
+            evaluation = self.router_config().get("evaluation") or {}
+            rates = {r["sampleRate"] for r in evaluation.get("routes", [])}
+            rate_ok = rates == {fields["sampleRate"]} if "sampleRate" in fields else True
+            return rate_ok and all(evaluation.get(k) == v for k, v in wanted.items())
+
+        wait_for(rendered, "the operator's new router config", 30)
+        self.write_router_config()
+        time.sleep(2)  # the router checks its file every second
+
     def start_router(self) -> None:
         path = self.workdir / "router.yaml"
-        path.write_text(yaml.safe_dump(self.router_config(), sort_keys=False))
+        self.write_router_config()
         log = (self.workdir / "router.log").open("ab")
         self.router = subprocess.Popen(
             [sys.executable, "-m", "modelflock", "router", "--config", str(path)],
@@ -439,6 +495,46 @@ class Portfolio:
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
             text: str = response.read().decode()
             return text
+
+    def wait_for_evaluation(self, timeout: float = 90) -> int:
+        """Until the policy's status.evaluation counts every sample the router judged (the
+        router reports every few seconds; the operator sums the reports)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def judged() -> int:
+            return int(
+                sum(
+                    s.value
+                    for f in text_string_to_metric_families(self.router_metrics())
+                    for s in f.samples
+                    if s.name == "modelflock_router_shadow_samples_total"
+                )
+            )
+
+        def in_status() -> int | None:
+            results = (self.policy().get("status", {}).get("evaluation") or {}).get("results")
+            count = sum(r["samples"] for r in results or [])
+            return count if count and count == judged() else None
+
+        time.sleep(3)  # the last samples finish off the client's path
+        count: int = wait_for(in_status, "status.evaluation with every judged sample", timeout)
+        return count
+
+    def recommendation_events(self) -> list[dict[str, Any]]:
+        assert self.cluster is not None
+        items = json.loads(
+            self.cluster.kubectl(
+                "get",
+                "events",
+                "-n",
+                NAMESPACE,
+                "--field-selector",
+                "involvedObject.kind=RoutingPolicy",
+                "-o",
+                "json",
+            )
+        )["items"]
+        return [e for e in items if e.get("reason", "").startswith("Recommend")]
 
     def scale_events(self) -> list[dict[str, Any]]:
         assert self.cluster is not None

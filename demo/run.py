@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE))
 import workload  # noqa: E402
 from portfolio import NAMESPACE, Portfolio, wait_for  # noqa: E402
 
+from modelflock.router.quality import format_quality, tallies_from_policy  # noqa: E402
 from modelflock.router.report import format_table, summarize, total  # noqa: E402
 
 
@@ -97,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
             portfolio.router_url, workload.plan({"writing": 4}, args.seed + 2), 2, "writing, warm"
         )
 
+        say("shadow evaluation: every answer sampled for a while (kubectl patch: sampleRate 1)")
+        portfolio.set_evaluation(sampleRate="1", maxConcurrent=8)
+        # Distinct prompts: each sample is a different request (the engines' answer quality
+        # is fixed per prompt, so repeating one would repeat its outcome).
+        quality_mix = {"summary": 45, "code": 60, "writing": 20, "lookup": 30}
+        quality_jobs = [
+            (kind, f"{prompt} (case {i})")
+            for i, (kind, prompt) in enumerate(workload.plan(quality_mix, args.seed + 3))
+        ]
+        records += workload.run(portfolio.router_url, quality_jobs, 4, "quality sampling")
+        sampled = portfolio.wait_for_evaluation()
+        say(f"the operator's status.evaluation holds {sampled} judged samples")
+
         say(
             f"idle: waiting {portfolio.scale_down_seconds + 10}s for the autoscaler to scale back down"
         )
@@ -119,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             f" (${overall.cost_per_query:.8f} per query); sending everything to the frontier"
             f" expert would have cost ${overall.baseline_cost:.6f}: {overall.savings:.1%} saved."
         )
+        print("\n== Quality (modelflock report --quality, from status.evaluation of the policy)")
+        tallies, thresholds = tallies_from_policy(portfolio.policy())
+        print("\n".join("  " + line for line in format_quality(tallies, thresholds).splitlines()))
+        for event in portfolio.recommendation_events():
+            print(f"  Event {event['reason']}: {event['message']}")
         failed = [r for r in records if r.status != 200]
         print(
             f"  {len(records) - len(failed)}/{len(records)} requests answered"
