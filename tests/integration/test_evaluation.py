@@ -220,11 +220,20 @@ def test_policy_status_recommendations_budget_and_overload(
     # routing never changed by itself: every answer still came from the served expert
     assert router.metric("modelflock_router_requests_total", expert="qa-served") == 40
 
-    # 2. An overloaded candidate (requests waiting in its engine) drops samples, no queueing.
-    fleet.start_load("qa-small", concurrency=8, max_seconds=15)
+    # The flock API refuses reports about experts the policy does not name, and bad ones.
     secret = kube.get(f"/api/v1/namespaces/{ns}/secrets/{POLICY}-router-token")
     token = base64.b64decode(secret["data"]["token"]).decode()
     prefix = f"/flock/v1/namespaces/{ns}/routingpolicies/{POLICY}"
+    item = {"route": "summarize", "expert": "qa-served", "candidate": "other", "judge": "pairwise"}
+    body = {"router": "x", "day": "2026-11-29", "results": [{**item, "samples": 1, "ties": 1}]}
+    assert flock(operator, "POST", prefix + "/evaluation", token, body)[0] == 403
+    body["results"] = [{**item, "candidate": "qa-small", "samples": 2, "ties": 1}]
+    code, doc = flock(operator, "POST", prefix + "/evaluation", token, body)
+    assert code == 400 and "samples" in doc["error"]["message"]
+    assert flock(operator, "POST", prefix + "/evaluation", "wrong", body)[0] == 401
+
+    # 2. An overloaded candidate (requests waiting in its engine) drops samples, no queueing.
+    fleet.start_load("qa-small", concurrency=8, max_seconds=15)
 
     def busy() -> bool:
         code, doc = flock(operator, "GET", prefix + "/endpoints", token)
