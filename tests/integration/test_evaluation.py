@@ -47,8 +47,8 @@ POLICY = "quality"
 FAST = SimSettings(
     max_batch=4, prefill_seconds=0.0, decode_seconds_per_token=0.002, output_tokens=8
 )
-# The candidate takes 2 requests at a time, so direct load makes requests wait in its engine.
-NARROW = FAST.model_copy(update={"max_batch": 2, "decode_seconds_per_token": 0.05})
+# The candidate takes 4 requests at a time (~0.15 s each), so load makes requests wait in it.
+NARROW = FAST.model_copy(update={"max_batch": 4, "decode_seconds_per_token": 0.02})
 
 
 def priced(name: str, output_per_million: str) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def test_policy_status_recommendations_budget_and_overload(
 
     # 1. Samples reach the policy's status through the flock API, with a recommendation.
     prompts = [f"Summarize change request {i} for the release notes." for i in range(40)]
-    ask_all(router, prompts)
+    ask_all(router, prompts, pause=0.1)  # samples never wait in the candidate's engine
 
     def filled() -> dict[str, Any] | None:
         results = evaluation_of(kube, ns).get("results") or []
@@ -233,7 +233,7 @@ def test_policy_status_recommendations_budget_and_overload(
     assert flock(operator, "POST", prefix + "/evaluation", "wrong", body)[0] == 401
 
     # 2. An overloaded candidate (requests waiting in its engine) drops samples, no queueing.
-    fleet.start_load("qa-small", concurrency=8, max_seconds=15)
+    fleet.start_load("qa-small", concurrency=16, max_seconds=15)
 
     def busy() -> bool:
         code, doc = flock(operator, "GET", prefix + "/endpoints", token)

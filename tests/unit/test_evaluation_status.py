@@ -174,3 +174,18 @@ def test_only_changed_recommendations_raise_events() -> None:
     assert [r.recommendation for r in recommendation_changes(s0, s1)] == ["MoveDown"]
     assert recommendation_changes(s1, s1) == []
     assert [r.recommendation for r in recommendation_changes(s1, s2)] == ["Keep"]
+
+
+def test_report_reads_a_policy_s_status_with_its_thresholds() -> None:
+    from modelflock.router.quality import format_quality, tallies_from_policy
+
+    spec = policy_spec(thresholds={"minSamples": 5})
+    totals = {KEY: Tally(samples=40, ties=40, served_cost=1.0, candidate_cost=0.5)}
+    status = evaluation_status(spec, totals, "2026-11-29", 0.5, 0, NOW)
+    assert status is not None
+    policy = {"spec": spec.to_api(), "status": {"evaluation": status.to_api()}}
+    tallies, thresholds = tallies_from_policy(policy)
+    assert tallies == totals and thresholds.min_samples == 5
+    text = format_quality(tallies, thresholds)
+    assert "route `code`: `small` matched `big` on 100 % ± 9 % of 40 samples" in text
+    assert "MoveDown" in text
