@@ -51,8 +51,13 @@ FAST = SimSettings(
 NARROW = FAST.model_copy(update={"max_batch": 4, "decode_seconds_per_token": 0.02})
 
 
-def priced(name: str, output_per_million: str) -> dict[str, Any]:
-    doc = expert(name, replicas=1, enabled=False)
+def priced(name: str, output_per_million: str, scraped: bool = False) -> dict[str, Any]:
+    """One replica; `scraped`: autoscaling on with min = max = 1, so the operator scrapes the
+    engine's queue (what discovery reports) without ever scaling it."""
+    if scraped:
+        doc = expert(name, minReplicas=1, maxReplicas=1)
+    else:
+        doc = expert(name, replicas=1, enabled=False)
     doc["spec"]["cost"] = {"inputPerMillion": "0", "outputPerMillion": output_per_million}
     return doc
 
@@ -185,7 +190,7 @@ def test_policy_status_recommendations_budget_and_overload(
     fleet.serve("qa-small", NARROW.model_copy(update={"behaviour": Behaviour(degraded_rate=0.2)}))
     fleet.serve("qa-judge", FAST.model_copy(update={"behaviour": Behaviour(judge=True)}))
     apply(cluster, ns, priced("qa-served", "2000"))
-    apply(cluster, ns, priced("qa-small", "1000"))  # $0.008 per 8-token answer
+    apply(cluster, ns, priced("qa-small", "1000", scraped=True))  # $0.008 per 8-token answer
     apply(cluster, ns, priced("qa-judge", "0"))
     apply(cluster, ns, policy(budget="100"))
     for name in ("qa-served", "qa-small", "qa-judge"):
