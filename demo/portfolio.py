@@ -377,6 +377,7 @@ class Portfolio:
                 if doc["kind"] == "ModelExpert" and name == "frontier":
                     # The demo's frontier API is a simulated one on loopback.
                     doc["spec"]["external"]["baseURL"] = f"http://127.0.0.1:{self.frontier_port}/v1"
+                    doc["spec"]["external"]["allowPlainHttp"] = True  # loopback, not a network
                 if doc["kind"] == "RoutingPolicy" and "evaluation" in doc["spec"]:
                     # No samples until the demo's quality phase (set_evaluation).
                     doc["spec"]["evaluation"]["sampleRate"] = "0"

@@ -149,6 +149,15 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.external.baseURL",
     ),
     (
+        "external-plain-http-key",
+        _with(
+            _with(_with(VALID_EXPERT, "spec.engine", "external"), "spec.model", DELETE),
+            "spec.external",
+            {"model": "m", "baseURL": "http://api.example/v1"},
+        ),
+        "spec.external.baseURL",
+    ),
+    (
         "vllm-with-external",
         _with(VALID_EXPERT, "spec.external", {"baseURL": "https://a.example", "model": "m"}),
         "spec.external",

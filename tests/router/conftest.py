@@ -136,6 +136,7 @@ class Flock:
             "policy": "policy",
             "intervalSeconds": 0.2,
             "demandIntervalSeconds": 0.2,
+            "allowPlainHttp": True,  # the test's flock API is on loopback
             **extra,
         }
 

@@ -60,6 +60,7 @@ async def test_router_and_engine_processes(tmp_path: Path) -> None:
                         "urls": [backup_url],
                         "model": "backup",
                         "apiKeyFile": str(key),
+                        "allowPlainHttp": True,  # the test's engine is on loopback
                     },
                 ],
                 "routes": [{"name": "r", "expert": "primary", "fallbacks": ["backup"]}],

@@ -133,6 +133,7 @@ async def test_external_expert_key_is_sent_but_never_logged_or_exported(
                     engine="external",
                     model="frontier",
                     apiKeyFile=str(key_file),
+                    allowPlainHttp=True,  # the test's engine is on loopback
                     urls=[flock.sims["frontier"].url + "/v1"],
                 ),
             ],

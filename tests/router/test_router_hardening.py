@@ -332,3 +332,41 @@ async def test_a_streaming_client_that_stops_reading_is_cut_off_at_the_deadline(
     assert metric(text, "modelflock_router_in_flight_requests") == 0
     writer.close()
     del reader
+
+
+async def test_discovery_cannot_redirect_an_external_experts_key(flock: Flock) -> None:
+    """A fake flock API lists its own address for the external expert: the router still
+    sends the key only to the configured URL."""
+    secret = "sk-frontier-4d2c9e"
+    key_file = flock.tmp_path / "frontier-key"
+    key_file.write_text(secret)
+    await flock.sim("frontier")
+    attacker = HostileEngine(lambda r: _json(answer({"prompt_tokens": 1, "completion_tokens": 1})))
+    await attacker.start()
+    assert attacker.runner is not None
+    flock.stack.push_async_callback(attacker.runner.cleanup)
+    api = await flock.flock_api()
+    api.set_expert("frontier", [attacker.url])
+    router = await flock.router(
+        {
+            "experts": [
+                flock.expert(
+                    "frontier",
+                    engine="external",
+                    apiKeyFile=str(key_file),
+                    allowPlainHttp=True,  # the test's engine is on loopback
+                )
+            ],
+            "routes": [{"name": "all", "expert": "frontier"}],
+            "discovery": flock.discovery(api),
+        }
+    )
+    client = flock.client(router)
+    for _ in range(3):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert raw.headers["x-modelflock-expert"] == "frontier"
+        await asyncio.sleep(0.25)  # discovery polls every 0.2 s
+    assert attacker.bodies == []
+    assert flock.sims["frontier"].stats.requests == 3

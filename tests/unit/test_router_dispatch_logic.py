@@ -14,7 +14,7 @@ from modelflock.router.balance import (
     expert_health,
 )
 from modelflock.router.checks import compile_checks, failed_check
-from modelflock.router.config import Cascade, HeaderMatch, Route, RouteMatch
+from modelflock.router.config import Cascade, Expert, HeaderMatch, Route, RouteMatch
 from modelflock.router.discovery import parse_endpoints
 from modelflock.router.report import format_table, summarize
 from modelflock.router.routing import candidate_sequence, select_route
@@ -136,7 +136,8 @@ def test_least_loaded_endpoint_with_rotation_on_ties() -> None:
 
 
 def test_parse_discovery_document() -> None:
-    live = parse_endpoints(
+    experts = {"code-7b": Expert(name="code-7b", urls=["http://code-7b:8000"], model="m")}
+    live, ignored = parse_endpoints(
         {
             "experts": {
                 "code-7b": {
@@ -154,12 +155,14 @@ def test_parse_discovery_document() -> None:
                 }
             },
             "generatedAt": "2026-11-28T17:00:00Z",
-        }
+        },
+        experts,
     )
     assert live["code-7b"].endpoints[0] == EndpointLive("http://10.0.0.5:8000", True, 3, 8)
     assert live["code-7b"].cold_start_seconds == 45
+    assert ignored == []
     with pytest.raises(ValueError):
-        parse_endpoints({"experts": {"x": {"endpoints": [{"ready": True}]}}})
+        parse_endpoints({"experts": {"x": "not an object"}}, experts)
 
 
 def sse(obj: object) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelflock.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -265,6 +265,21 @@ class Autoscaling(ApiModel):
 class ExternalApi(ApiModel):
     """An OpenAI-compatible API outside the cluster (engine external)."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.baseURL.startsWith('https://')"
+                    " || (has(self.allowPlainHttp) && self.allowPlainHttp)",
+                    "message": "baseURL must be https:// (the API key would travel in clear);"
+                    " set allowPlainHttp to accept http://",
+                    "fieldPath": ".baseURL",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
     base_url: str = Field(
         alias="baseURL",
         description="Base URL of the OpenAI-compatible API, e.g. https://api.example.com/v1.",
@@ -281,6 +296,20 @@ class ExternalApi(ApiModel):
         default=None,
         description="Secret key holding the API key; the key never appears in config, status or logs.",
     )
+    allow_plain_http: bool = Field(
+        default=False,
+        description="Accept an http:// baseURL, which sends the API key in clear: only for an API"
+        " reached over a trusted network (e.g. a proxy on the same node).",
+    )
+
+    @model_validator(mode="after")
+    def _https_unless_allowed(self) -> ExternalApi:
+        if not self.base_url.startswith("https://") and not self.allow_plain_http:
+            raise ValueError(
+                "external.baseURL must be https:// (the API key would travel in clear);"
+                " set external.allowPlainHttp to accept http://"
+            )
+        return self
 
 
 class Cost(ApiModel):

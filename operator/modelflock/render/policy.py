@@ -66,6 +66,8 @@ def expert_entry(
         assert spec.external is not None
         entry["urls"] = [spec.external.base_url]
         entry["model"] = spec.external.model
+        if spec.external.allow_plain_http:
+            entry["allowPlainHttp"] = True
         key_ref = spec.external.api_key_secret_ref
         if key_ref is not None:
             entry["apiKeyFile"] = secret_file(key_ref.name, key_ref.key)
@@ -120,6 +122,10 @@ def render_router_config(
             "namespace": namespace,
             "policy": name,
         }
+        if settings.operator_url.startswith("http://"):
+            # The operator's flock API is served over plain HTTP inside the cluster: the
+            # operator's own configured URL is the opt-in to send the policy token over it.
+            config["discovery"]["allowPlainHttp"] = True
     return config
 
 

@@ -84,6 +84,7 @@ class RouterServer:
             session,
             config=lambda: self.holder.current.config.discovery,
             overload_depth=lambda: self.holder.current.config.defaults.overload_queue_depth,
+            experts=lambda: {e.name: e for e in self.holder.current.config.experts},
         )
         stack.push_async_callback(discovery.close)
         upstream = Upstream(client, discovery)

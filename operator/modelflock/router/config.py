@@ -81,6 +81,26 @@ class Expert(Model):
     tier: str = "medium"
     capabilities: list[str] = Field(default_factory=list)
     cold_start_seconds: float = Field(default=60.0, ge=0)
+    allow_plain_http: bool = Field(
+        default=False, description="accept http:// URLs although an API key is sent to them"
+    )
+
+    @model_validator(mode="after")
+    def _key_only_over_https(self) -> Expert:
+        keyed = self.engine == "external" or self.api_key_file is not None
+        plain = [u for u in self.urls if not u.startswith("https://")]
+        if keyed and plain and not self.allow_plain_http:
+            raise ValueError(
+                f"expert {self.name}: {plain[0]} is not https:// and the expert's API key would"
+                " travel in clear; set allowPlainHttp: true to accept it"
+            )
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        """Only ever called at its configured URLs: discovery may not redirect an expert that
+        holds an API key, nor an external one."""
+        return self.engine == "external" or self.api_key_file is not None
 
 
 class HeaderMatch(Model):
@@ -201,6 +221,21 @@ class Discovery(Model):
     wake_on_fallback: bool = Field(
         default=True, description="also report demand for a cold expert whose request fell back"
     )
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify an https:// url")
+    allow_plain_http: bool = Field(
+        default=False, description="send the token to an http:// url (in clear)"
+    )
+
+    @model_validator(mode="after")
+    def _token_only_over_https(self) -> Discovery:
+        if not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"discovery.url must be http(s)://, got {self.url!r}")
+        if self.url.startswith("http://") and not self.allow_plain_http:
+            raise ValueError(
+                "discovery.url is http:// and the policy token would travel in clear; use"
+                " https:// (with caFile) or set allowPlainHttp: true"
+            )
+        return self
 
 
 class EvaluationJudge(Model):

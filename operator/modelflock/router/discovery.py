@@ -8,38 +8,83 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import math
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from modelflock.router.balance import EndpointLive, ExpertLive, expert_health
 from modelflock.router.config import Discovery as DiscoveryConfig
+from modelflock.router.config import Expert
+from modelflock.router.request import parse_json
 
 log = logging.getLogger(__name__)
 
 _HOLDING_POLL_SECONDS = 0.25  # poll fast while requests wait for a cold expert
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
+_MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
 
-def parse_endpoints(payload: object) -> dict[str, ExpertLive]:
-    """The endpoints document → live state per expert; ValueError when malformed."""
+def endpoint_url(url: object) -> str | None:
+    """A discovered endpoint as the operator writes them (`http://<pod IP>:<port>`, optionally
+    with /v1), or None: no host names, credentials, queries or other paths."""
+    if not isinstance(url, str) or len(url) > 256:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in ("http", "https")
+        or port is None
+        or parts.username is not None
+        or parts.password is not None
+        or parts.query
+        or parts.fragment
+        or parts.path.rstrip("/") not in ("", "/v1")
+    ):
+        return None
+    return url.rstrip("/")
+
+
+def parse_endpoints(
+    payload: object, experts: Mapping[str, Expert]
+) -> tuple[dict[str, ExpertLive], list[str]]:
+    """The endpoints document → live state per expert, checked against the config, and what was
+    ignored: experts the config does not have, experts pinned to their configured URLs
+    (external ones, or any with an API key: discovery must never redirect a key) and endpoint
+    URLs that are not `http(s)://<IP>:<port>`. ValueError when the document is malformed."""
     if not isinstance(payload, dict) or not isinstance(payload.get("experts"), dict):
         raise ValueError("expected an object with 'experts'")
     result: dict[str, ExpertLive] = {}
+    ignored: list[str] = []
     for name, item in payload["experts"].items():
         if not isinstance(item, dict):
             raise ValueError(f"expert {name}: expected an object")
+        config = experts.get(str(name))
+        if config is None or config.pinned:
+            ignored.append(f"expert {name!r} ({'pinned' if config else 'not in the config'})")
+            continue
         endpoints = []
         for e in item.get("endpoints") or []:
-            if not isinstance(e, dict) or not isinstance(e.get("url"), str):
-                raise ValueError(f"expert {name}: each endpoint needs a url")
+            url = endpoint_url(e.get("url")) if isinstance(e, dict) else None
+            if url is None:
+                ignored.append(f"expert {name}: endpoint {str(e)[:80]!r}")
+                continue
+            assert isinstance(e, dict)
             endpoints.append(
                 EndpointLive(
-                    url=e["url"].rstrip("/"),
-                    ready=bool(e.get("ready", True)),
+                    url=url,
+                    ready=e.get("ready", True) is True,
                     queue_depth=_int(e.get("queueDepth")),
                     running=_int(e.get("running")),
                 )
@@ -48,14 +93,24 @@ def parse_endpoints(payload: object) -> dict[str, ExpertLive]:
         result[str(name)] = ExpertLive(
             ready_replicas=_int(item.get("readyReplicas")) or 0,
             desired_replicas=_int(item.get("desiredReplicas")) or 0,
-            cold_start_seconds=float(cold) if isinstance(cold, int | float) else None,
+            cold_start_seconds=_seconds(cold),
             endpoints=tuple(endpoints),
         )
-    return result
+    return result, ignored
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000_000_000:
+        return value
+    return None
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        if math.isfinite(seconds) and 0 <= seconds <= 86_400:
+            return seconds
+    return None
 
 
 def _base(cfg: DiscoveryConfig) -> str:
@@ -63,9 +118,22 @@ def _base(cfg: DiscoveryConfig) -> str:
 
 
 async def _auth(cfg: DiscoveryConfig) -> dict[str, str]:
+    # The config refuses http:// without allowPlainHttp; checked again where the token leaves.
+    if not (cfg.url.startswith("https://") or cfg.allow_plain_http):
+        raise ValueError("refusing to send the discovery token over plain http")
     # Read on every call (in a thread: file I/O): the mounted Secret may rotate. Never logged.
     token = await asyncio.to_thread(cfg.token_file.read_text)
     return {"Authorization": f"Bearer {token.strip()}"}
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    parts, size = [], 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > _MAX_DOCUMENT_BYTES:
+            raise ValueError(f"the endpoints document exceeds {_MAX_DOCUMENT_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class DiscoveryClient:
@@ -76,9 +144,13 @@ class DiscoveryClient:
         session: aiohttp.ClientSession,
         config: Callable[[], DiscoveryConfig | None],
         overload_depth: Callable[[], int],
+        experts: Callable[[], Mapping[str, Expert]] = dict,
     ) -> None:
         self._session = session
         self._config = config
+        self._experts = experts
+        self._ignored: list[str] = []
+        self._tls: dict[Path, ssl.SSLContext] = {}
         self._overload_depth = overload_depth
         self.snapshot: dict[str, ExpertLive] | None = None
         self.polls_failed = 0
@@ -91,17 +163,35 @@ class DiscoveryClient:
     def live(self, expert: str) -> ExpertLive | None:
         return None if self.snapshot is None else self.snapshot.get(expert)
 
+    def _ssl(self, cfg: DiscoveryConfig) -> ssl.SSLContext | bool:
+        """TLS settings of a request: the configured CA bundle, else the system's."""
+        if cfg.ca_file is None:
+            return True
+        context = self._tls.get(cfg.ca_file)
+        if context is None:
+            context = self._tls[cfg.ca_file] = ssl.create_default_context(cafile=str(cfg.ca_file))
+        return context
+
     async def poll_once(self) -> None:
         cfg = self._config()
         if cfg is None:
             return
         try:
             async with self._session.get(
-                f"{_base(cfg)}/endpoints", headers=await _auth(cfg), timeout=_HTTP_TIMEOUT
+                f"{_base(cfg)}/endpoints",
+                headers=await _auth(cfg),
+                timeout=_HTTP_TIMEOUT,
+                ssl=self._ssl(cfg),
             ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
-                self.snapshot = parse_endpoints(await resp.json(content_type=None))
+                raw = await _read_capped(resp)
+                snapshot, ignored = parse_endpoints(parse_json(raw), self._experts())
+            if ignored != self._ignored:
+                self._ignored = ignored
+                if ignored:  # logged when it changes, not every poll
+                    log.warning("discovery: ignored %s", "; ".join(ignored)[:2000])
+            self.snapshot = snapshot
         except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # Keep the last answer (or the Service URLs when there never was one).
             self.polls_failed += 1
@@ -133,10 +223,11 @@ class DiscoveryClient:
                 headers=await _auth(cfg),
                 json={"expert": expert, "waiting": waiting},
                 timeout=_HTTP_TIMEOUT,
+                ssl=self._ssl(cfg),
             ) as resp:
                 if resp.status != 202:
                     log.warning("demand for %s refused: HTTP %s", expert, resp.status)
-        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("demand for %s failed: %s", expert, exc)
 
     async def report_evaluation(self, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -88,7 +88,9 @@ class Upstream:
         return endpoints
 
     def _candidates(self, expert: ExpertRuntime) -> Sequence[EndpointLive]:
-        live = self.discovery.live(expert.name) if self.discovery else None
+        live = None
+        if self.discovery is not None and not expert.config.pinned:
+            live = self.discovery.live(expert.name)
         if live is not None and any(e.ready for e in live.endpoints):
             return live.endpoints
         return self._static_endpoints(expert.config.urls)
