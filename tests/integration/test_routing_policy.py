@@ -220,7 +220,9 @@ def test_missing_expert_is_named_and_resolves_when_created(cluster: LocalCluster
 
 
 def test_gateway_mode_creates_and_removes_deployment_and_service(cluster: LocalCluster) -> None:
-    apply(cluster, NS, policy("gw", ["code-7b", "frontier"], gateway={"replicas": 2, "port": 8787}))
+    keys = [{"name": "team-a", "secretRef": {"name": "gw-keys", "key": "team-a"}}]
+    gateway = {"replicas": 2, "port": 8787, "apiKeys": keys}
+    apply(cluster, NS, policy("gw", ["code-7b", "frontier"], gateway=gateway))
     deployment = wait_for(
         lambda: get_json(cluster, "deployment", "gw-router", "-n", NS), "gateway Deployment", 30
     )
@@ -228,16 +230,39 @@ def test_gateway_mode_creates_and_removes_deployment_and_service(cluster: LocalC
     assert deployment["spec"]["replicas"] == 2
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--host=0.0.0.0" in container["args"]
+    assert "--config=/etc/modelflock/router/gateway.yaml" in container["args"]
     assert any(
         v.get("configMap", {}).get("name") == "gw-router-config"
         for v in deployment["spec"]["template"]["spec"]["volumes"]
     )
     assert service["spec"]["ports"][0]["port"] == 8787
+    # Who may reach it: this namespace only, by default.
+    network = wait_for(
+        lambda: get_json(cluster, "networkpolicy", "gw-router", "-n", NS), "NetworkPolicy", 30
+    )
+    assert [rule["from"] for rule in network["spec"]["ingress"]] == [[{"podSelector": {}}]] * 2
+    config = get_json(cluster, "configmap", "gw-router-config", "-n", NS)
+    gateway_config = yaml.safe_load(config["data"]["gateway.yaml"])
+    assert gateway_config["auth"]["keys"][0]["name"] == "team-a"
+    assert "auth" not in yaml.safe_load(config["data"]["router.yaml"])  # not for sidecars
+    # The API server refuses a gateway without keys (unless explicitly open).
+    refused = cluster.run_kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=tests",
+        "-n",
+        NS,
+        "-f",
+        "-",
+        input=json.dumps(policy("gw", ["code-7b", "frontier"], gateway={"replicas": 1})),
+    )
+    assert refused.returncode != 0 and "apiKeys" in refused.stderr
     apply(cluster, NS, policy("gw", ["code-7b", "frontier"], gateway={"replicas": 0}))
     wait_for(
         lambda: (
             get_json(cluster, "deployment", "gw-router", "-n", NS) is None
             and get_json(cluster, "service", "gw-router", "-n", NS) is None
+            and get_json(cluster, "networkpolicy", "gw-router", "-n", NS) is None
         ),
         "gateway removed",
         30,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic.config import JsonDict
 
 from modelflock.api.common import (
@@ -13,6 +13,7 @@ from modelflock.api.common import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    SecretKeyRef,
 )
 from modelflock.api.evaluation import SPEC_RULES as EVALUATION_RULES
 from modelflock.api.evaluation import EvaluationSpec, EvaluationStatus
@@ -285,14 +286,96 @@ class SidecarSpec(ApiModel):
     memory: int | str = Field(default="128Mi", description="Memory request and limit.")
 
 
+class ClientKey(ApiModel):
+    """A bearer key that clients of the gateway present (one per team or application)."""
+
+    name: str = Field(
+        description="Name of the key, shown in metrics (modelflock_router_client_requests_total"
+        "{key}); never its value.",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    secret_ref: SecretKeyRef = Field(description="Secret key holding the bearer key.")
+
+
+class NetworkPeer(ApiModel):
+    """Pods allowed to connect: those matching both selectors (an absent one matches all)."""
+
+    namespace_selector: dict[str, str] | None = Field(
+        default=None,
+        max_length=16,
+        description="matchLabels of the namespaces; absent: this policy's namespace only.",
+    )
+    pod_selector: dict[str, str] | None = Field(
+        default=None, max_length=16, description="matchLabels of the pods; absent: all pods."
+    )
+
+
+class GatewayNetworkPolicy(ApiModel):
+    """The NetworkPolicy the operator renders for the gateway's pods."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Render a NetworkPolicy: without one any pod of the cluster can reach the"
+        " gateway (and spend its experts' keys).",
+    )
+    allow_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Who may call the API port besides pods of this namespace.",
+    )
+    metrics_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Who may scrape the metrics port besides pods of this namespace (e.g."
+        " Prometheus' namespace).",
+    )
+
+
 class GatewaySpec(ApiModel):
     """A standalone router Deployment and Service for clients that cannot take a sidecar."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.replicas) || self.replicas == 0"
+                    " || (has(self.apiKeys) && size(self.apiKeys) > 0)"
+                    " || (has(self.allowUnauthenticated) && self.allowUnauthenticated)",
+                    "message": "a gateway needs apiKeys (or allowUnauthenticated: true)",
+                    "fieldPath": ".apiKeys",
+                    "reason": "FieldValueRequired",
+                }
+            ]
+        }
+    }
 
     replicas: int = Field(default=0, ge=0, le=100, description="Gateway replicas; 0: no gateway.")
     port: int = Field(default=8787, ge=1024, le=65535, description="Service port.")
     metrics_port: int = Field(
         default=8788, ge=1024, le=65535, description="Port for /metrics and the probes."
     )
+    api_keys: list[ClientKey] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Bearer keys the gateway accepts (Authorization: Bearer <key>); requests"
+        " without one of them get 401.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve requests without a key (no apiKeys needed)."
+    )
+    network_policy: GatewayNetworkPolicy = Field(
+        default_factory=GatewayNetworkPolicy,
+        description="Who may reach the gateway; by default pods of this namespace only.",
+    )
+
+    @model_validator(mode="after")
+    def _authenticated(self) -> GatewaySpec:
+        if self.replicas and not self.api_keys and not self.allow_unauthenticated:
+            raise ValueError("a gateway needs apiKeys (or allowUnauthenticated: true)")
+        return self
 
 
 class RoutingPolicySpec(ApiModel):

@@ -19,12 +19,14 @@ from modelflock.render.evaluation import evaluation_status, recommendation_chang
 from modelflock.render.injection import SidecarPlan
 from modelflock.render.policy import (
     CONFIG_KEY,
+    GATEWAY_CONFIG_KEY,
     RouterSettings,
     compute_policy_status,
     config_hash,
     config_map_name,
     referenced_secrets,
     render_config_text,
+    render_gateway_config,
     render_router_config,
     token_secret_name,
 )
@@ -37,6 +39,11 @@ from modelflock.render.router_pod import (
 
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "RoutingPolicy"
+_GATEWAY_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+)
 
 
 def owner_reference(policy: RoutingPolicy) -> dict[str, Any]:
@@ -118,8 +125,13 @@ async def reconcile_policy(
     settings = RouterSettings(
         operator_url=ctx.config.operator_url, domain=ctx.config.service_domain
     )
-    text = render_config_text(render_router_config(policy, experts, settings))
+    config = render_router_config(policy, experts, settings)
+    text = render_config_text(config)
     digest = config_hash(text)
+    data = {CONFIG_KEY: text}
+    gateway = policy.spec.gateway
+    if gateway.replicas > 0:
+        data[GATEWAY_CONFIG_KEY] = render_config_text(render_gateway_config(config, gateway))
     await ctx.apply(
         {
             "apiVersion": "v1",
@@ -131,7 +143,7 @@ async def reconcile_policy(
                 "annotations": {"modelflock.io/config-hash": digest},
                 "ownerReferences": [owner_reference(policy)],
             },
-            "data": {CONFIG_KEY: text},
+            "data": data,
         }
     )
     key_files = referenced_secrets(experts)
@@ -143,7 +155,8 @@ async def reconcile_policy(
         )
     else:
         ctx.sidecar_plans.pop(key, None)
-    if policy.spec.gateway.replicas > 0:
+    wanted: set[str] = set()
+    if gateway.replicas > 0:
         for manifest in render_gateway(
             name,
             namespace,
@@ -152,13 +165,15 @@ async def reconcile_policy(
             ctx.config.images.router,
             key_files,
         ):
+            wanted.add(manifest["kind"])
             await ctx.apply(manifest)
-    else:
-        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
-            existing = await ctx.kube.get(api_version, kind, gateway_name(name), namespace)
-            owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
-            if existing and any(o.get("uid") == str(policy.metadata.uid) for o in owners):
-                await ctx.kube.delete(api_version, kind, gateway_name(name), namespace)
+    for api_version, kind in _GATEWAY_KINDS:
+        if kind in wanted:
+            continue
+        existing = await ctx.kube.get(api_version, kind, gateway_name(name), namespace)
+        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
+        if existing and any(o.get("uid") == str(policy.metadata.uid) for o in owners):
+            await ctx.kube.delete(api_version, kind, gateway_name(name), namespace)
 
     previous = policy.status or RoutingPolicyStatus()
     status = compute_policy_status(

@@ -15,12 +15,19 @@ import yaml
 
 from modelflock.api.conditions import set_condition
 from modelflock.api.modelexpert import ModelExpert
-from modelflock.api.routingpolicy import ExpertReadiness, RoutingPolicy, RoutingPolicyStatus
+from modelflock.api.routingpolicy import (
+    ExpertReadiness,
+    GatewaySpec,
+    RoutingPolicy,
+    RoutingPolicyStatus,
+)
 from modelflock.render.checks import parameter_count
 from modelflock.render.evaluation import render_evaluation
 from modelflock.render.expert import ExpertRef, service_endpoint
 
 CONFIG_KEY = "router.yaml"
+GATEWAY_CONFIG_KEY = "gateway.yaml"  # the same config, for the gateway: listen, client keys
+CLIENT_KEYS_DIR = "/etc/modelflock/client-keys"
 SECRETS_DIR = "/etc/modelflock/secrets"
 TOKEN_PATH = "/etc/modelflock/token/token"
 CONFIG_DIR = "/etc/modelflock/router"
@@ -37,6 +44,30 @@ def token_secret_name(policy: str) -> str:
 def secret_file(secret: str, key: str) -> str:
     """Where the sidecar/gateway mounts a referenced Secret key."""
     return f"{SECRETS_DIR}/{secret}/{key}"
+
+
+def client_key_file(secret: str, key: str) -> str:
+    """Where the gateway mounts a client key's Secret key."""
+    return f"{CLIENT_KEYS_DIR}/{secret}/{key}"
+
+
+def client_key_secrets(gateway: GatewaySpec) -> list[tuple[str, str]]:
+    """(secret, key) pairs of the gateway's client keys, sorted, unique."""
+    return sorted({(k.secret_ref.name, k.secret_ref.key) for k in gateway.api_keys})
+
+
+def render_gateway_config(config: Mapping[str, Any], gateway: GatewaySpec) -> dict[str, Any]:
+    """The router config of the policy's gateway: the sidecars' config, listening on the pod IP
+    and, with apiKeys, requiring one of them from every client."""
+    rendered = {**config, "listen": {"host": "0.0.0.0", "port": gateway.port}}
+    if gateway.api_keys:
+        rendered["auth"] = {
+            "keys": [
+                {"name": k.name, "file": client_key_file(k.secret_ref.name, k.secret_ref.key)}
+                for k in gateway.api_keys
+            ]
+        }
+    return rendered
 
 
 def cold_start_seconds(expert: ModelExpert) -> float:

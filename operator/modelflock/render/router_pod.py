@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from modelflock.api.routingpolicy import RoutingPolicySpec
+from modelflock.api.routingpolicy import NetworkPeer, RoutingPolicySpec
 from modelflock.render.policy import (
+    CLIENT_KEYS_DIR,
     CONFIG_DIR,
     CONFIG_KEY,
+    GATEWAY_CONFIG_KEY,
     SECRETS_DIR,
+    client_key_secrets,
     config_map_name,
     token_secret_name,
 )
@@ -31,29 +34,38 @@ RESTRICTED = {
 }
 
 
-def _volume_name(secret: str) -> str:
-    return f"mf-key-{secret}"[:63].rstrip("-")
+def _volume_name(secret: str, prefix: str = "mf-key-") -> str:
+    return f"{prefix}{secret}"[:63].rstrip("-")
 
 
-def router_volumes(policy: str, secrets: Sequence[tuple[str, str]]) -> list[Manifest]:
+def _secret_volumes(secrets: Sequence[tuple[str, str]], prefix: str) -> list[Manifest]:
+    keys_by_secret: dict[str, list[str]] = {}
+    for secret, key in secrets:
+        keys_by_secret.setdefault(secret, []).append(key)
+    return [
+        {
+            "name": _volume_name(secret, prefix),
+            "secret": {
+                "secretName": secret,
+                "items": [{"key": k, "path": k} for k in sorted(keys)],
+            },
+        }
+        for secret, keys in sorted(keys_by_secret.items())
+    ]
+
+
+def router_volumes(
+    policy: str,
+    secrets: Sequence[tuple[str, str]],
+    client_keys: Sequence[tuple[str, str]] = (),
+) -> list[Manifest]:
     volumes: list[Manifest] = [
         {"name": "mf-router-config", "configMap": {"name": config_map_name(policy)}},
         {"name": "mf-router-token", "secret": {"secretName": token_secret_name(policy)}},
     ]
-    keys_by_secret: dict[str, list[str]] = {}
-    for secret, key in secrets:
-        keys_by_secret.setdefault(secret, []).append(key)
-    for secret, keys in sorted(keys_by_secret.items()):
-        volumes.append(
-            {
-                "name": _volume_name(secret),
-                "secret": {
-                    "secretName": secret,
-                    "items": [{"key": k, "path": k} for k in sorted(keys)],
-                },
-            }
-        )
-    return volumes
+    return (
+        volumes + _secret_volumes(secrets, "mf-key-") + _secret_volumes(client_keys, "mf-client-")
+    )
 
 
 def router_container(
@@ -64,6 +76,8 @@ def router_container(
     host: str,
     port: int,
     metrics_port: int,
+    config_key: str = CONFIG_KEY,
+    client_keys: Sequence[tuple[str, str]] = (),
 ) -> Manifest:
     mounts: list[Manifest] = [
         {"name": "mf-router-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -73,15 +87,26 @@ def router_container(
         {"name": _volume_name(s), "mountPath": f"{SECRETS_DIR}/{s}", "readOnly": True}
         for s in sorted({secret for secret, _ in secrets})
     ]
+    mounts += [
+        {
+            "name": _volume_name(s, "mf-client-"),
+            "mountPath": f"{CLIENT_KEYS_DIR}/{s}",
+            "readOnly": True,
+        }
+        for s in sorted({secret for secret, _ in client_keys})
+    ]
     return {
         "name": SIDECAR_NAME,
         "image": image,
         "args": [
             "router",
-            f"--config={CONFIG_DIR}/{CONFIG_KEY}",
+            f"--config={CONFIG_DIR}/{config_key}",
             f"--host={host}",
             f"--port={port}",
             f"--metrics-port={metrics_port}",
+            # Probes and Prometheus reach it on the pod IP (the gateway's NetworkPolicy
+            # decides who else may).
+            "--metrics-host=0.0.0.0",
         ],
         "ports": [
             {"name": "mf-router", "containerPort": port, "protocol": "TCP"},
@@ -143,9 +168,18 @@ def render_gateway(
     secrets: Sequence[tuple[str, str]],
 ) -> list[Manifest]:
     labels = gateway_labels(policy)
-    selector = {POLICY_LABEL + "-gateway": policy, "app.kubernetes.io/component": "gateway"}
+    selector = gateway_selector(policy)
+    client_keys = client_key_secrets(spec.gateway)
     container = router_container(
-        policy, spec, image, secrets, "0.0.0.0", spec.gateway.port, spec.gateway.metrics_port
+        policy,
+        spec,
+        image,
+        secrets,
+        "0.0.0.0",
+        spec.gateway.port,
+        spec.gateway.metrics_port,
+        GATEWAY_CONFIG_KEY,
+        client_keys,
     )
     meta = {
         "name": gateway_name(policy),
@@ -165,7 +199,7 @@ def render_gateway(
                     "labels": labels,
                     "annotations": {
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(spec.gateway.port),
+                        "prometheus.io/port": str(spec.gateway.metrics_port),
                         "prometheus.io/path": "/metrics",
                     },
                 },
@@ -176,7 +210,7 @@ def render_gateway(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": router_volumes(policy, secrets),
+                    "volumes": router_volumes(policy, secrets, client_keys),
                 },
             },
         },
@@ -198,4 +232,52 @@ def render_gateway(
             ],
         },
     }
-    return [deployment, service]
+    manifests = [deployment, service]
+    if spec.gateway.network_policy.enabled:
+        manifests.append(gateway_network_policy(policy, namespace, owner, spec))
+    return manifests
+
+
+def gateway_selector(policy: str) -> dict[str, str]:
+    return {POLICY_LABEL + "-gateway": policy, "app.kubernetes.io/component": "gateway"}
+
+
+def _peer(peer: NetworkPeer) -> Manifest:
+    found: Manifest = {"podSelector": {"matchLabels": dict(peer.pod_selector or {})}}
+    if peer.namespace_selector is not None:
+        found["namespaceSelector"] = {"matchLabels": dict(peer.namespace_selector)}
+    return found
+
+
+def gateway_network_policy(
+    policy: str, namespace: str, owner: Manifest, spec: RoutingPolicySpec
+) -> Manifest:
+    """Ingress to the gateway's pods: its API port and its metrics port each from pods of this
+    namespace plus the peers the spec names; nothing else (kubelet probes come from the node,
+    which network plugins let through)."""
+    rules = spec.gateway.network_policy
+    same_namespace: Manifest = {"podSelector": {}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": gateway_name(policy),
+            "namespace": namespace,
+            "labels": gateway_labels(policy),
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": gateway_selector(policy)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [same_namespace, *(_peer(p) for p in rules.allow_from)],
+                    "ports": [{"protocol": "TCP", "port": spec.gateway.port}],
+                },
+                {
+                    "from": [same_namespace, *(_peer(p) for p in rules.metrics_from)],
+                    "ports": [{"protocol": "TCP", "port": spec.gateway.metrics_port}],
+                },
+            ],
+        },
+    }

@@ -81,6 +81,14 @@ class RouterMetrics:
         )
         self.reloads = Counter(f"{_P}config_reloads", "Config reloads.", ("result",))
         self.in_flight = Gauge(f"{_P}in_flight_requests", "Requests in progress.", ())
+        self.client_requests = Counter(
+            f"{_P}client_requests",
+            "Authenticated requests by client key name (gateway; never the key).",
+            ("key",),
+        )
+        self.auth_failures = Counter(
+            f"{_P}auth_failures", "Requests refused 401, by reason.", ("reason",)
+        )
         self.shed = Counter(
             f"{_P}shed_requests",
             "Requests answered 503 + Retry-After to protect the router (overloaded: the"

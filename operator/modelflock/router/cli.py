@@ -27,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also serve /metrics, /healthz and /readyz on this port (a sidecar keeps the API"
         " on localhost and exposes only these on the pod IP)",
     )
-    p.add_argument("--metrics-host", default="0.0.0.0", help="address of --metrics-port")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of --metrics-port (rendered pods pass 0.0.0.0 for probes and Prometheus,"
+        " with the gateway's NetworkPolicy deciding who else may connect)",
+    )
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)

@@ -265,6 +265,25 @@ class Evaluation(Model):
     report_interval_seconds: float = Field(default=10.0, gt=0)
 
 
+class ClientKey(Model):
+    """A bearer key clients present; its name goes into metrics, its value nowhere."""
+
+    name: Name
+    file: Path = Field(description="mounted Secret file holding the key")
+
+
+class Auth(Model):
+    """Client authentication (the gateway): requests need `Authorization: Bearer <a key>`."""
+
+    keys: list[ClientKey] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Auth:
+        if len({k.name for k in self.keys}) != len(self.keys):
+            raise ValueError("auth key names must be unique")
+        return self
+
+
 class RouterConfig(Model):
     listen: Listen = Field(default_factory=Listen)
     models: list[str] = Field(
@@ -277,6 +296,7 @@ class RouterConfig(Model):
     defaults: Defaults = Field(default_factory=Defaults)
     discovery: Discovery | None = None
     evaluation: Evaluation | None = None
+    auth: Auth | None = None
     reload_interval_seconds: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")

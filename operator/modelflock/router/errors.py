@@ -8,6 +8,7 @@ from modelflock.router.http_server import Reply, error_body
 
 _TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
     503: "service_unavailable",

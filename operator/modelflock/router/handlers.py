@@ -14,7 +14,7 @@ from modelflock.router.errors import RequestError, error_response, from_request_
 from modelflock.router.http_server import Handler, Reply, Request, Result
 from modelflock.router.plan import plan_job
 from modelflock.router.request import Kind, parse_cost, parse_request
-from modelflock.router.state import RouterState
+from modelflock.router.state import RouterState, key_digest
 
 Routes = dict[tuple[str, str], Handler]
 _JSON = {"Content-Type": "application/json"}
@@ -91,6 +91,39 @@ def openai_endpoint(
     return handle
 
 
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="modelflock"'}
+
+
+def authenticated(parts: RouterParts, handler: Handler) -> Handler:
+    """With client keys configured (the gateway), a request needs `Authorization: Bearer <one
+    of them>`; the key's name is counted, its value never leaves this function."""
+
+    async def handle(request: Request) -> Result:
+        keys = parts.state().client_keys
+        if keys is None:
+            return await handler(request)
+        header = request.headers.get("authorization") or ""
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        name = keys.get(key_digest(token)) if scheme.lower() == "bearer" and token else None
+        metrics = parts.metrics
+        if name is None:
+            reason = "invalid" if header else "missing"
+            metrics.auth_failures.inc((reason,))
+            metrics.requests.inc(("none", "none", "none", "401"))
+            metrics.errors.inc(("none", "none", "http_401"))
+            message = (
+                "Incorrect API key provided."
+                if header
+                else "This gateway needs an API key: send Authorization: Bearer <key>."
+            )
+            return error_response(401, message, code="invalid_api_key", headers=_CHALLENGE)
+        metrics.client_requests.inc((name,))
+        return await handler(request)
+
+    return handle
+
+
 def models_endpoint(parts: RouterParts) -> Handler:
     async def list_models(_: Request) -> Result:
         state = parts.state()
@@ -144,12 +177,15 @@ def ops_routes(metrics: RouterMetrics) -> Routes:
 
 def api_routes(parts: RouterParts, budget_limit: int | None = None) -> Routes:
     def openai(kind: Kind, path: str) -> Handler:
-        return openai_endpoint(parts, kind, path, budget_limit)
+        return authenticated(parts, openai_endpoint(parts, kind, path, budget_limit))
 
     return {
         ("POST", "/v1/chat/completions"): openai("chat", "/chat/completions"),
         ("POST", "/v1/completions"): openai("completion", "/completions"),
         ("POST", "/v1/embeddings"): openai("embedding", "/embeddings"),
-        ("GET", "/v1/models"): models_endpoint(parts),
-        **ops_routes(parts.metrics),
+        ("GET", "/v1/models"): authenticated(parts, models_endpoint(parts)),
+        ("GET", "/healthz"): healthz,
+        ("GET", "/readyz"): readyz,
+        # Costs and routes are not for every client of a gateway.
+        ("GET", "/metrics"): authenticated(parts, metrics_endpoint(parts.metrics)),
     }

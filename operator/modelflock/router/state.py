@@ -37,12 +37,28 @@ class RouterState:
     embedding_expert: str | None
     baseline: ExpertRuntime | None
     fingerprint: str
+    # SHA-256 of each client key -> its name; None: no client authentication.
+    client_keys: dict[bytes, str] | None = None
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What the mounted Secret files hold: expert API keys by expert, client key digests."""
+
+    expert_keys: dict[str, str]
+    client_keys: dict[bytes, str] | None = None
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 def watched_files(config_path: Path, config: RouterConfig | None) -> list[Path]:
     files = [config_path]
     if config is not None:
         files += [e.api_key_file for e in config.experts if e.api_key_file]
+        if config.auth:
+            files += [k.file for k in config.auth.keys]
         if config.discovery:
             files.append(config.discovery.token_file)
     return files
@@ -58,22 +74,33 @@ def fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def read_keys(config: RouterConfig) -> dict[str, str]:
-    """API keys of external experts from their mounted Secret files (blocking: use a thread)."""
-    return {e.name: e.api_key_file.read_text().strip() for e in config.experts if e.api_key_file}
+def read_keys(config: RouterConfig) -> Secrets:
+    """API keys of external experts and the client keys, from their mounted Secret files
+    (blocking: use a thread). An empty client key is refused (it would match a bare
+    `Bearer `)."""
+    experts = {e.name: e.api_key_file.read_text().strip() for e in config.experts if e.api_key_file}
+    if config.auth is None:
+        return Secrets(experts)
+    clients = {}
+    for key in config.auth.keys:
+        value = key.file.read_text().strip()
+        if not value:
+            raise ValueError(f"auth key {key.name}: {key.file} is empty")
+        clients[key_digest(value)] = key.name
+    return Secrets(experts, clients)
 
 
-def load_files(path: Path) -> tuple[RouterConfig, dict[str, str], str]:
+def load_files(path: Path) -> tuple[RouterConfig, Secrets, str]:
     """Everything read from disk for one state (blocking: run it in a thread)."""
     config = load_config(path)
     return config, read_keys(config), fingerprint(watched_files(path, config))
 
 
-def _experts(config: RouterConfig, keys: dict[str, str]) -> dict[str, ExpertRuntime]:
+def _experts(config: RouterConfig, keys: Secrets) -> dict[str, ExpertRuntime]:
     return {
         e.name: ExpertRuntime(
             config=e,
-            headers=upstream_headers(keys.get(e.name)),
+            headers=upstream_headers(keys.expert_keys.get(e.name)),
             input_price=float(Decimal(e.prices.input_per_million) / 1_000_000),
             output_price=float(Decimal(e.prices.output_per_million) / 1_000_000),
         )
@@ -130,7 +157,7 @@ def _chain(
 
 
 def build_state(
-    config: RouterConfig, keys: dict[str, str], upstream: Upstream, fingerprint_: str
+    config: RouterConfig, keys: Secrets, upstream: Upstream, fingerprint_: str
 ) -> RouterState:
     experts = _experts(config, keys)
     routed = set(config.models)
@@ -149,6 +176,7 @@ def build_state(
         embedding_expert=embedders[0] if embedders else None,
         baseline=experts[config.baseline] if config.baseline else None,
         fingerprint=fingerprint_,
+        client_keys=keys.client_keys,
     )
 
 
