@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from modelflock.router import http1
 from modelflock.router.http1 import (
     Http1Client,
     UpstreamConnectionError,
@@ -293,7 +294,7 @@ def test_urls_and_headers() -> None:
 async def test_a_connection_released_with_reading_paused_serves_the_next_answer() -> None:
     """An answer whose unread body crossed the flow-control mark as it completed is released
     without reading it: its connection goes back to the pool, and must read again."""
-    big = b"y" * (256 * 1024 + 100)  # the pause mark is crossed by the last bytes
+    big = b"y" * (http1._HIGH_WATER + 100)  # the pause mark is crossed by the last bytes
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -17,7 +17,7 @@ import pytest
 from modelflock.sim import SimServer, SimSettings
 
 CONTAINER_LIMIT_MIB = 128  # the sidecar's and gateway's default memory limit
-BUDGET_MIB = 48  # defaults.maxBufferedBytes
+BUDGET_MIB = 32  # defaults.maxBufferedBytes
 
 
 def peak_rss_mib(pid: int) -> float:

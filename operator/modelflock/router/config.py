@@ -191,10 +191,10 @@ class Defaults(Model):
     # Memory and overload bounds (docs/router.md, "Memory and overload"); the listener's
     # limits apply at start only.
     max_concurrent_requests: int = Field(
-        default=256, ge=1, description="OpenAI requests in progress; more: 503 + Retry-After"
+        default=128, ge=1, description="OpenAI requests in progress; more: 503 + Retry-After"
     )
     max_buffered_bytes: int = Field(
-        default=48 * 1024 * 1024,
+        default=32 * 1024 * 1024,
         ge=1024 * 1024,
         description="request bodies, their parsed JSON and buffered answers, all requests",
     )

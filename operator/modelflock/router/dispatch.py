@@ -380,7 +380,7 @@ class Dispatcher:
         deadline: float,
     ) -> bool:
         """Copy the stream chunk by chunk; True when it ended normally."""
-        scanner = SseScanner(strip_usage=not job.parsed.wants_usage)
+        scanner = SseScanner(strip_usage=not job.parsed.wants_usage, hold=job.request.hold)
         kind = "ok"
         try:
             data = scanner.feed(first)

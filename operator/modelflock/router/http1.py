@@ -29,8 +29,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
-# Pause reading from an engine when this much streamed body is waiting for the client.
-_HIGH_WATER = 256 * 1024
+# Pause reading from an engine when this much streamed body is waiting for the client (per
+# stream: part of the memory arithmetic in docs/router.md).
+_HIGH_WATER = 64 * 1024
 _ORIGIN_CACHE_SIZE = 1024
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from modelflock.router.usage import valid_usage
 
@@ -11,6 +12,7 @@ from modelflock.router.usage import valid_usage
 # lone CR is one only when no LF follows it.
 _EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
 MAX_EVENT_BYTES = 1024 * 1024
+_FREE_BYTES = 64 * 1024  # an event buffer up to this size takes nothing from the memory budget
 
 
 class EventTooLarge(ValueError):
@@ -26,8 +28,15 @@ class SseScanner:
     event is not scanned again from its start), and an event may not exceed `max_event`.
     """
 
-    def __init__(self, strip_usage: bool, max_event: int = MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self,
+        strip_usage: bool,
+        max_event: int = MAX_EVENT_BYTES,
+        hold: Callable[[int], bool] | None = None,
+    ) -> None:
         self.strip_usage = strip_usage
+        self._hold = hold  # takes from the memory budget what an unfinished event grows to
+        self._held = 0
         self.usage: dict[str, int] | None = None
         self.content_events = 0
         self.finish_reason: str | None = None
@@ -65,6 +74,11 @@ class SseScanner:
         self._scanned = len(buf)
         if len(buf) > self._max_event:
             raise EventTooLarge(f"an upstream event exceeds {self._max_event} bytes")
+        grown = len(buf) - _FREE_BYTES - self._held
+        if grown > 0 and self._hold is not None:
+            if not self._hold(grown):
+                raise EventTooLarge("the router's memory budget cannot hold an upstream event")
+            self._held += grown
         return b"".join(kept) if self.strip_usage else chunk
 
     def flush(self) -> bytes:
