@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ HUGE = {
     "top_logprobs": 20,
     "messages": [{"role": "user", "content": "write at length"}],
 }
+_MAX_IN_FLIGHT = 900  # requests the generator keeps open at most (file descriptors)
 HOSTILE = b'{"model":"auto","messages":[{"role":"user","content":"x"}],"x":['
 HOSTILE += b"{}," * 1_300_000 + b"{}]}"
 
@@ -57,9 +59,10 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return 0.0
 
 
@@ -262,10 +265,13 @@ async def soak_run(soak: Soak, rate: float, seconds: float) -> None:
                 task.add_done_callback(tasks.discard)
                 next_attack += 10
             while next_at <= now:  # open loop: arrivals on schedule, answered or not
+                next_at += interval
+                if len(tasks) >= _MAX_IN_FLIGHT:  # the generator's own bound
+                    soak.minute().codes["not sent"] += 1
+                    continue
                 task = asyncio.create_task(one(session, soak))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                next_at += interval
             await asyncio.sleep(max(0.0, min(next_at, next_sample) - time.monotonic()))
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -349,6 +355,8 @@ def main() -> int:
     python = sys.executable
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {1})  # the load generator: core 1, with the engines
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         small_port, big_port = free_port(), free_port()
