@@ -535,7 +535,8 @@ class Portfolio:
                 "json",
             )
         )["items"]
-        return [e for e in items if e.get("reason", "").startswith("Recommend")]
+        found = [e for e in items if e.get("reason", "").startswith("Recommend")]
+        return sorted(found, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def scale_events(self) -> list[dict[str, Any]]:
         assert self.cluster is not None

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         portfolio.set_evaluation(sampleRate="1", maxConcurrent=8)
         # Distinct prompts: each sample is a different request (the engines' answer quality
         # is fixed per prompt, so repeating one would repeat its outcome).
-        quality_mix = {"summary": 45, "code": 60, "writing": 20, "lookup": 30}
+        quality_mix = {"summary": 45, "code": 60, "writing": 32, "lookup": 30}
         quality_jobs = [
             (kind, f"{prompt} (case {i})")
             for i, (kind, prompt) in enumerate(workload.plan(quality_mix, args.seed + 3))

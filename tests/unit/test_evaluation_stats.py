@@ -98,13 +98,15 @@ T = Thresholds(min_samples=30, match_target=0.9, loss_limit=0.2)
     ("tally", "expected"),
     [
         (cheap(412, 396), "MoveDown"),  # 96 %, lower end 93.8 % >= 90 %
-        (cheap(40, 38), "Keep"),  # 95 %, but the lower end (83 %) is below 90 %
+        (cheap(40, 38), "NeedMoreSamples"),  # 95 %, but the interval (83-99 %) spans 90 %
         (cheap(29, 29), "NeedMoreSamples"),  # perfect, but too few samples
-        (cheap(300, 240), "Keep"),  # 80 % matched
+        (cheap(300, 240), "Keep"),  # 80 % matched, the whole interval (75-84 %) below 90 %
         (cheap(0, 0), "NeedMoreSamples"),
         (reference(263, 81), "Escalate"),  # lost 31 %, lower end 25.5 % >= 20 %
-        (reference(100, 22), "Keep"),  # 22 % lost, but the lower end (15 %) is below 20 %
-        (reference(300, 6), "Keep"),
+        (reference(100, 22), "NeedMoreSamples"),  # 22 % lost: the interval (15-31 %) spans 20 %
+        (reference(300, 6), "Keep"),  # 2 % lost (1-4 %)
+        (reference(30, 2), "NeedMoreSamples"),  # 7 %, but the upper end (21 %) is above 20 %
+        (reference(60, 2), "Keep"),  # 3 % (1-11 %)
         (reference(10, 9), "NeedMoreSamples"),
         # equal cost: a reference question (no saving to be had by moving)
         (Tally(samples=100, wins=50, ties=50, served_cost=1.0, candidate_cost=1.0), "Escalate"),
@@ -119,6 +121,7 @@ T = Thresholds(min_samples=30, match_target=0.9, loss_limit=0.2)
         ),
         # no prices at all: nothing is cheaper, so only a reference question can be asked
         (Tally(samples=200, ties=200), "Keep"),
+        (cheap(20, 0, served=1.0, candidate=0.1), "NeedMoreSamples"),  # below minSamples
     ],
 )
 def test_decision_thresholds(tally: Tally, expected: str) -> None:
@@ -133,7 +136,8 @@ def test_the_candidate_that_wins_counts_as_matched_when_cheaper() -> None:
 
 def test_thresholds_are_the_policy_s() -> None:
     tally = cheap(412, 396)
-    assert decide(tally, Thresholds(match_target=0.95)).recommendation == "Keep"
+    assert decide(tally, Thresholds(match_target=0.95)).recommendation == "NeedMoreSamples"
+    assert decide(tally, Thresholds(match_target=0.98)).recommendation == "Keep"
     assert decide(tally, Thresholds(min_samples=500)).recommendation == "NeedMoreSamples"
 
 
@@ -173,3 +177,12 @@ def test_margin_is_the_larger_side_of_the_asymmetric_interval() -> None:
     interval = wilson(396, 412)
     assert interval.margin == pytest.approx(interval.estimate - interval.lower)
     assert math.isclose(round(interval.margin * 100), 2)
+
+
+def test_an_undecided_interval_says_so() -> None:
+    tally = cheap(40, 38)
+    text = describe("s", "big", "small", "pairwise", tally, decide(tally, T), T)
+    assert text.endswith("— the interval 83 % to 99 % still spans 90 %: more samples needed")
+    tally = cheap(10, 10)
+    text = describe("s", "big", "small", "pairwise", tally, decide(tally, T), T)
+    assert text.endswith("— too few samples (need 30)")

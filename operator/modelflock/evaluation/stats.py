@@ -10,8 +10,10 @@ depending on which of the two is cheaper on those prompts:
   expert lost to it (pairwise) or disagreed with it (similarity). When the lower end reaches
   `loss_limit`, a cascade check or a bigger expert is recommended.
 
-Using the interval's lower end, not the point estimate, keeps recommendations from resting on
-a few lucky samples; below `min_samples` nothing is recommended at all.
+Keeping things as they are needs evidence too: the whole interval below the target (or the
+limit). Using the interval, not the point estimate, keeps recommendations from resting on a
+few lucky samples; below `min_samples`, or while the interval spans the threshold, nothing is
+recommended.
 """
 
 from __future__ import annotations
@@ -118,18 +120,21 @@ def question(tally: Tally) -> Question:
 
 
 def decide(tally: Tally, thresholds: Thresholds) -> Decision:
+    """MoveDown or Escalate when the interval lies at or beyond the threshold, Keep when it
+    lies entirely on the other side; NeedMoreSamples below `min_samples` or while the
+    interval still straddles the threshold (the data cannot tell yet)."""
     asked = question(tally)
     if asked == "downsize":
-        rate = wilson(tally.matched, tally.samples)
+        rate, threshold = wilson(tally.matched, tally.samples), thresholds.match_target
     else:
-        rate = wilson(tally.served_lost, tally.samples)
+        rate, threshold = wilson(tally.served_lost, tally.samples), thresholds.loss_limit
     if tally.samples < thresholds.min_samples:
         return Decision("NeedMoreSamples", asked, rate)
-    if asked == "downsize" and rate.lower >= thresholds.match_target:
-        return Decision("MoveDown", asked, rate)
-    if asked == "reference" and rate.lower >= thresholds.loss_limit:
-        return Decision("Escalate", asked, rate)
-    return Decision("Keep", asked, rate)
+    if rate.lower >= threshold:
+        return Decision("MoveDown" if asked == "downsize" else "Escalate", asked, rate)
+    if rate.upper < threshold:
+        return Decision("Keep", asked, rate)
+    return Decision("NeedMoreSamples", asked, rate)
 
 
 def percent(value: float) -> str:
@@ -156,12 +161,19 @@ def describe(
         if decision.recommendation == "MoveDown":
             return f"{head} — consider moving it down"
         if decision.recommendation == "NeedMoreSamples":
-            return f"{head} — too few samples (need {thresholds.min_samples})"
+            return f"{head} — {_undecided(tally, decision, thresholds.match_target, thresholds)}"
         return f"{head} — below the {percent(thresholds.match_target)} target: keep `{served}`"
     verb = "lost to" if judge == "pairwise" else "disagreed with"
     head = f"route `{route}`: `{served}` {verb} `{candidate}` on {rate} {of}"
     if decision.recommendation == "Escalate":
         return f"{head} — consider a cascade check or a bigger expert"
     if decision.recommendation == "NeedMoreSamples":
-        return f"{head} — too few samples (need {thresholds.min_samples})"
+        return f"{head} — {_undecided(tally, decision, thresholds.loss_limit, thresholds)}"
     return f"{head} — within the {percent(thresholds.loss_limit)} limit: `{served}` holds up"
+
+
+def _undecided(tally: Tally, decision: Decision, threshold: float, thresholds: Thresholds) -> str:
+    if tally.samples < thresholds.min_samples:
+        return f"too few samples (need {thresholds.min_samples})"
+    low, high = percent(decision.rate.lower), percent(decision.rate.upper)
+    return f"the interval {low} to {high} still spans {percent(threshold)}: more samples needed"
