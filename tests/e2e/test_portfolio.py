@@ -236,3 +236,45 @@ def test_the_report_equals_the_sum_of_per_request_accounting(
     assert overall.baseline_cost == pytest.approx(ledger.baseline, rel=1e-6)
     assert overall.requests == ledger.requests
     assert 0 < overall.cost < overall.baseline_cost  # the portfolio is cheaper than the frontier
+
+
+def test_shadow_evaluation_recommends_what_the_simulated_qualities_justify(
+    portfolio: Portfolio, client: openai.OpenAI
+) -> None:
+    """The demo's quality phase: intent-small is as good as summarize-tgi on summaries (same
+    degraded share, a fraction of the cost), code-7b loses to the frontier on many code
+    requests. Exactly those two are recommended, through status.evaluation, with Events."""
+    from modelflock.router.quality import recommendations, tallies_from_policy
+
+    portfolio.set_evaluation(sampleRate="1", maxConcurrent=8)
+    article = "The council met to discuss cycling lanes and agreed a six month trial."
+    jobs = [
+        f"Summarize this article in three bullet points: {article} (case {i})" for i in range(50)
+    ]
+    jobs += [f"Write a Python function that parses a CSV file (case {i})" for i in range(80)]
+
+    def one(prompt: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=256
+        )
+        return raw.headers["x-modelflock-route"]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        routes = list(pool.map(one, jobs))
+    assert routes.count("summarize") == 50 and routes.count("code") == 80
+    portfolio.wait_for_evaluation()
+    tallies, thresholds = tallies_from_policy(portfolio.policy())
+    advice = recommendations(tallies, thresholds)
+    assert len(advice) == 2, advice
+    assert any(
+        a.startswith("route `summarize`: `intent-small` matched `summarize-tgi`")
+        and a.endswith("consider moving it down")
+        for a in advice
+    ), advice
+    assert any(
+        a.startswith("route `code`: `code-7b` lost to `frontier`")
+        and a.endswith("consider a cascade check or a bigger expert")
+        for a in advice
+    ), advice
+    reasons = {e["reason"] for e in portfolio.recommendation_events()}
+    assert {"RecommendMoveDown", "RecommendEscalate"} <= reasons
