@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration e2e cluster-build cluster-up cluster-down crds bench clean
+.PHONY: demo test lint unit integration e2e cluster-build cluster-up cluster-down crds bench clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP) cluster-build
 	$(PY) demo/run.py
 
 ## test: lint, types, CRD drift, then every test layer (unit, integration, end-to-end)
-test: lint cluster-build
+test: lint cluster-build prometheus
 	$(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(STAMP) cluster-build
@@ -31,6 +31,17 @@ lint: $(STAMP) cluster-build
 
 unit: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+## prometheus: Debian's prometheus package (prometheus + promtool) for the monitoring tests;
+## installed with apt when missing (as root, as CI runs), otherwise it says what to install
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+	  echo "prometheus/promtool missing: run 'sudo apt-get install --no-install-recommends prometheus'" >&2; exit 1; \
+	fi
+	@prometheus --version 2>&1 | head -1
 
 ## cluster-build: build (or reuse) the control-plane binaries, cached in ~/.cache/modelflock
 cluster-build:
