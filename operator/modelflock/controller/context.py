@@ -16,6 +16,7 @@ from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, S
 from modelflock.controller.evaluation import EvaluationStore
 from modelflock.controller.kube import Kube, Manifest
 from modelflock.controller.metrics import OperatorMetrics
+from modelflock.controller.readiness import Listener
 from modelflock.operator_config import OperatorConfig
 from modelflock.render.injection import SidecarPlan
 
@@ -99,6 +100,9 @@ class OperatorContext:
     http: aiohttp.ClientSession | None = None
     # One long-lived source per kind, so "logged once per failure streak" holds across ticks.
     sources: dict[str, MetricSource] = field(default_factory=dict)
+    # Listeners besides the flock API that must accept connections before /readyz says ready
+    # (the sidecar webhook, when served).
+    readiness_listeners: tuple[Listener, ...] = ()
 
     async def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply, counted (`modelflock_applies_total{kind}`)."""

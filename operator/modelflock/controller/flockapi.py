@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+from modelflock.controller.readiness import not_ready
 from modelflock.evaluation.wire import NotNamedError, parse_report
 
 PREFIX = "/flock/v1/namespaces/{namespace}/routingpolicies/{policy}"
@@ -115,9 +116,17 @@ def flock_app(ctx: OperatorContext) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def readyz(_: web.Request) -> web.Response:
+        # Answering at all shows the flock API listens; the others are checked by connecting.
+        problems = await not_ready(ctx.readiness_listeners)
+        if problems:
+            return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
+        return web.Response(text="ok\n")
+
     app = web.Application(client_max_size=MAX_EVALUATION_BODY)
     app.router.add_get(PREFIX + "/endpoints", endpoints)
     app.router.add_post(PREFIX + "/demand", demand)
     app.router.add_post(PREFIX + "/evaluation", evaluation)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

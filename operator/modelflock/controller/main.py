@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from modelflock.controller.readiness import Listener
 from modelflock.operator_config import ConfigError, OperatorConfig, load_operator_config
 
 
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
             pkeyfile=str(cert_dir / "tls.key"),
         )
     ctx = new_context(config, Kube.connect())
+    if webhook is not None:
+        ctx.readiness_listeners = (
+            Listener("webhook", args.bind_address or config.bind_address, args.webhook_port),
+        )
     registry = build_registry(webhook, args.webhook_path)
     liveness_host = args.bind_address or config.bind_address
     asyncio.run(
