@@ -263,6 +263,22 @@ def test_external_expert_waits_for_its_secret(cluster: LocalCluster) -> None:
         "missing key named",
         30,
     )
+    # The example Secret's value, applied unedited: not Ready, and the reason says why.
+    cluster.kubectl("delete", "secret", "frontier-key", "-n", NS)
+    cluster.kubectl(
+        "create", "secret", "generic", "frontier-key", "-n", NS, "--from-literal=api-key=replace-me"
+    )
+    obj = wait_for(
+        lambda: (
+            (o := get_expert(cluster, name))
+            and condition(o, "Ready").get("reason") == "SecretPlaceholder"
+            and o
+        ),
+        "SecretPlaceholder",
+        30,
+    )
+    assert condition(obj, "Ready")["status"] == "False"
+    assert "replace-me" not in condition(obj, "Ready")["message"]  # never echo the value
     cluster.kubectl("delete", "secret", "frontier-key", "-n", NS)
     cluster.kubectl(
         "create",

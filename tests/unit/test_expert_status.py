@@ -153,6 +153,15 @@ def _conds(status: ModelExpertStatus) -> dict[str, tuple[str, str]]:
             Observed(1, EXTERNAL, secret_problem="Secret k not found in namespace a"),
             {"Ready": ("False", "SecretNotFound"), "Degraded": ("True", "SecretNotFound")},
         ),
+        (
+            Observed(
+                1,
+                EXTERNAL,
+                secret_problem="Secret k key api-key is a placeholder",
+                secret_reason="SecretPlaceholder",
+            ),
+            {"Ready": ("False", "SecretPlaceholder"), "Degraded": ("True", "SecretPlaceholder")},
+        ),
     ],
 )
 def test_conditions(observed: Observed, expected: dict[str, tuple[str, str]]) -> None:

@@ -8,6 +8,7 @@ status. The per-expert worker (a kopf daemon) calls it on events, on a timer and
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import time
@@ -35,8 +36,15 @@ from modelflock.render.expert import (
     selector_string,
     service_endpoint,
 )
-from modelflock.render.expert_status import Observed, Transition, compute_status
+from modelflock.render.expert_status import (
+    SECRET_NOT_FOUND,
+    SECRET_PLACEHOLDER,
+    Observed,
+    Transition,
+    compute_status,
+)
 from modelflock.render.policy import cold_start_seconds
+from modelflock.render.secret_values import placeholder_problem
 
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelExpert"
@@ -110,17 +118,28 @@ def split_pods(
 
 async def _secret_problem(
     ctx: OperatorContext, namespace: str, spec: ModelExpertSpec
-) -> str | None:
-    """For external experts: which Secret or key is missing. Never returns or logs the value."""
+) -> tuple[str, str] | None:
+    """For external experts: (reason, message) when the API-key Secret or key is missing or
+    holds an obvious placeholder. Never returns or logs the value."""
     ref = spec.external.api_key_secret_ref if spec.external is not None else None
     if ref is None:
         return None
     secret = await ctx.kube.get("v1", "Secret", ref.name, namespace)
     if secret is None:
-        return f"Secret {ref.name} not found in namespace {namespace}"
+        return SECRET_NOT_FOUND, f"Secret {ref.name} not found in namespace {namespace}"
     data = secret.get("data") or {}
     if ref.key not in data:
-        return f"Secret {ref.name} has no key {ref.key}"
+        return SECRET_NOT_FOUND, f"Secret {ref.name} has no key {ref.key}"
+    try:
+        value = base64.b64decode(data[ref.key]).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None  # binary: not a placeholder anyone would type
+    why = placeholder_problem(value)
+    if why is not None:
+        return (
+            SECRET_PLACEHOLDER,
+            f"Secret {ref.name} key {ref.key} {why}: put the real API key in it",
+        )
     return None
 
 
@@ -164,11 +183,13 @@ async def reconcile_expert(
     state.cold_start_seconds = cold_start_seconds(expert)
     if spec.engine == "external":
         assert spec.external is not None
+        secret = await _secret_problem(ctx, namespace, spec)
         observed = Observed(
             generation=generation,
             spec=spec,
             endpoint=spec.external.base_url,
-            secret_problem=await _secret_problem(ctx, namespace, spec),
+            secret_problem=secret[1] if secret else None,
+            secret_reason=secret[0] if secret else SECRET_NOT_FOUND,
         )
     else:
         problems = check_expert(spec, ctx.config)

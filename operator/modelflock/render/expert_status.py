@@ -17,6 +17,9 @@ from modelflock.api.modelexpert import ModelExpertSpec, ModelExpertStatus
 from modelflock.render.checks import Problem
 
 # Container waiting reasons that mean the pod will not become ready by itself.
+# Condition reasons of an external expert whose API-key Secret is missing or a placeholder.
+SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_PLACEHOLDER = "SecretPlaceholder"
 FAILING_WAITING_REASONS = (
     "ImagePullBackOff",
     "ErrImagePull",
@@ -38,7 +41,8 @@ class Observed:
     desired_replicas: int = 0
     endpoint: str | None = None
     selector: str | None = None
-    secret_problem: str | None = None  # external engine: what is missing, never the value
+    secret_problem: str | None = None  # external engine: what is wrong, never the value
+    secret_reason: str = SECRET_NOT_FOUND  # the condition reason for secret_problem
 
 
 @dataclass(frozen=True)
@@ -156,11 +160,11 @@ def _engine_conditions(observed: Observed) -> tuple[_Cond, _Cond, _Cond, int, in
 
 def _external_conditions(observed: Observed) -> tuple[_Cond, _Cond, _Cond]:
     if observed.secret_problem:
-        bad = _Cond("False", "SecretNotFound", observed.secret_problem)
+        reason = observed.secret_reason
         return (
-            bad,
-            _Cond("False", "SecretNotFound", ""),
-            _Cond("True", "SecretNotFound", observed.secret_problem),
+            _Cond("False", reason, observed.secret_problem),
+            _Cond("False", reason, ""),
+            _Cond("True", reason, observed.secret_problem),
         )
     return (
         _Cond("True", "ExternalConfigured", f"requests go to {observed.endpoint}"),
