@@ -41,7 +41,8 @@ HEADER
   "$helm" template modelflock "$chart" \
     --namespace modelflock \
     --kube-version "$kube_version" \
-    --set webhook.certManager.enabled=true
+    --set webhook.certManager.enabled=true \
+    --skip-tests
 }
 
 status=0

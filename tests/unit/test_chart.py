@@ -167,6 +167,30 @@ def test_helm_is_the_pinned_version(helm_env: dict[str, str]) -> None:
     assert helm(helm_env, "version", "--short").stdout.startswith("v3.21.")
 
 
+def test_helm_defaults_to_the_control_planes_kubernetes_version(helm_env: dict[str, str]) -> None:
+    """tests/cluster/build.sh stamps the Kubernetes version into helm, as helm's releases do:
+    without it helm assumes 1.20 and refuses the chart (kubeVersion >=1.29) unless every
+    command passes --kube-version."""
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm(helm_env, "template", RELEASE, str(CHART), "--namespace", NAMESPACE).stdout
+        )
+        if d
+    ]
+    assert "Deployment" in kinds(docs)
+    assert "0 chart(s) failed" in helm(helm_env, "lint", "--strict", str(CHART)).stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    for key in ("home", "icon", "description", "kubeVersion"):
+        assert chart.get(key), key
+    assert chart["sources"] and all(s.startswith("https://") for s in chart["sources"])
+    assert chart["maintainers"] and all(m.get("name") for m in chart["maintainers"])
+    assert chart["icon"].startswith(("https://", "data:image/"))
+
+
 def test_chart_pins_app_version_and_has_no_dependencies() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
@@ -223,6 +247,7 @@ def test_default_objects(default_docs: list[dict[str, Any]]) -> None:
             "CustomResourceDefinition",
             "Deployment",
             "MutatingWebhookConfiguration",
+            "Pod",
             "Secret",
             "Service",
             "ServiceAccount",
@@ -254,6 +279,7 @@ def test_full_objects(full_docs: list[dict[str, Any]]) -> None:
             "Deployment",
             "Issuer",
             "MutatingWebhookConfiguration",
+            "Pod",
             "PodMonitor",
             "PrometheusRule",
             "Service",
@@ -341,6 +367,8 @@ def test_operator_deployment(default_docs: list[dict[str, Any]]) -> None:
     }
     probe = container["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "liveness"}
+    # Ready only when the flock API (which serves /readyz) and the webhook listener are up.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "flock-api"}
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
     assert security["readOnlyRootFilesystem"] is True
@@ -424,6 +452,47 @@ def test_operator_config_matches_the_example_file(helm_env: dict[str, str]) -> N
     path.write_text(yaml.safe_dump(values))
     rendered = parse_operator_config(operator_config(render(helm_env, "-f", str(path))))
     assert rendered == parse_operator_config(example)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "imagePullSecrets[0].name=corp-registry",  # the Kubernetes form every chart takes
+        "imagePullSecrets[0]=corp-registry",  # plain names keep working
+    ],
+)
+def test_image_pull_secrets(helm_env: dict[str, str], setting: str) -> None:
+    docs = render(helm_env, "--set", setting)
+    for kind in ("Deployment", "Pod"):
+        doc = one(docs, kind)
+        pod = doc["spec"]["template"]["spec"] if kind == "Deployment" else doc["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "corp-registry"}], kind
+    failed = template_failure(helm_env, "--set", "imagePullSecrets[0].namespace=x")
+    assert "values don't meet the specifications of the schema" in failed
+
+
+def test_image_digest(helm_env: dict[str, str]) -> None:
+    digest = "sha256:" + "ab" * 32
+    docs = render(helm_env, "--set", f"image.digest={digest}", "--set", "image.tag=0.1.0")
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"modelflock/modelflock@{digest}"
+    # The routers the operator injects run the same image, pinned the same way.
+    assert parse_operator_config(operator_config(docs)).images.router == container["image"]
+    failed = template_failure(helm_env, "--set", "image.digest=latest")
+    assert "values don't meet the specifications of the schema" in failed
+
+
+def test_helm_test_pod(default_docs: list[dict[str, Any]], helm_env: dict[str, str]) -> None:
+    pod = one(default_docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "modelflock/modelflock:0.1.0"
+    assert "http://modelflock.modelflock.svc:8090/readyz" in container["args"][0]
+    # Restricted like the operator (it runs in the same namespace).
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "Pod" not in kinds(render(helm_env, "--set", "tests.enabled=false"))
 
 
 def test_prometheus_source_needs_a_url(helm_env: dict[str, str]) -> None:
@@ -577,6 +646,9 @@ def test_service_monitor_scrapes_the_metrics_port(full_docs: list[dict[str, Any]
     monitor = one(full_docs, "ServiceMonitor")
     service = one(full_docs, "Service")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The operator's series name the expert's namespace themselves: honorLabels keeps it
+    # (otherwise it becomes exported_namespace and the target's namespace replaces it).
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert set(monitor["spec"]["selector"]["matchLabels"].items()) <= set(
         service["metadata"]["labels"].items()
     )
@@ -727,5 +799,6 @@ def test_plain_manifests_content() -> None:
     }
     found = kinds([d for d in docs if d])
     assert "Secret" not in found  # no private key in git: cert-manager issues it
+    assert "Pod" not in found  # the `helm test` hook is not a GitOps object
     assert {"Certificate", "Issuer", "MutatingWebhookConfiguration", "Deployment"} <= set(found)
     assert found.count("CustomResourceDefinition") == 2

@@ -53,9 +53,25 @@ app.kubernetes.io/part-of: modelflock
 {{- end -}}
 {{- end -}}
 
-{{/* The operator image reference (tag defaults to the chart's appVersion). */}}
+{{/* The operator image reference: by digest when image.digest is set, else by tag (default
+the chart's appVersion). */}}
 {{- define "modelflock.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets in the Kubernetes form; plain names are accepted too. */}}
+{{- define "modelflock.imagePullSecrets" -}}
+{{- range .Values.imagePullSecrets }}
+{{- if kindIs "string" . }}
+- name: {{ . }}
+{{- else }}
+- name: {{ .name }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Names of the objects other templates refer to. */}}
