@@ -2,9 +2,10 @@
 the plain and kustomize manifests too, and `helm install` / `upgrade` / `uninstall` work.
 
 The Prometheus Operator and cert-manager are not installed in the test cluster, so this module
-creates minimal CRDs for the kinds the chart uses from them (ServiceMonitor, PrometheusRule,
-Certificate, Issuer). Those CRDs accept any spec: for these four kinds the dry-run proves the
-API group, version, kind and metadata, not the spec. Everything else is validated in full.
+applies their own CRDs for the kinds the chart uses from them (ServiceMonitor, PodMonitor,
+PrometheusRule, Certificate, Issuer), vendored unchanged and pinned by version in
+tests/data/upstream-crds/ (see its README): the dry-run validates those specs against the
+upstream OpenAPI schemas, as a cluster with those operators would.
 
 Nothing here makes the API server call the sidecar webhook (it would dial a ClusterIP): no pod
 carrying the modelflock.io/routing-policy label is created while a release is installed, and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,46 +26,30 @@ import pytest
 import yaml
 from localcluster import LocalCluster
 
+from docpath import doc_steps, run_step, shell_env
+
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelflock"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
 OUR_CRDS = ("modelexperts.modelflock.io", "routingpolicies.modelflock.io")
-# group, kind, plural of the third-party kinds the chart can render.
+UPSTREAM_CRDS = REPO / "tests" / "data" / "upstream-crds"
+# The third-party kinds the chart can render: (group, plural) of each upstream CRD.
 THIRD_PARTY = (
-    ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
-    ("monitoring.coreos.com", "PodMonitor", "podmonitors"),
-    ("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
-    ("cert-manager.io", "Certificate", "certificates"),
-    ("cert-manager.io", "Issuer", "issuers"),
+    ("monitoring.coreos.com", "servicemonitors"),
+    ("monitoring.coreos.com", "podmonitors"),
+    ("monitoring.coreos.com", "prometheusrules"),
+    ("cert-manager.io", "certificates"),
+    ("cert-manager.io", "issuers"),
 )
 
 
-def minimal_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+def upstream_crd_files() -> list[Path]:
+    files = [UPSTREAM_CRDS / f"{group}_{plural}.yaml" for group, plural in THIRD_PARTY]
+    missing = [str(f) for f in files if not f.is_file()]
+    assert not missing, f"vendored upstream CRDs missing: {missing}"
+    return files
 
 
 class Helm:
@@ -107,11 +93,10 @@ def helm(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Hel
 
 @pytest.fixture(scope="module")
 def third_party_crds(cluster: LocalCluster) -> Iterator[None]:
-    crds = [minimal_crd(*spec) for spec in THIRD_PARTY]
-    names = [c["metadata"]["name"] for c in crds]
-    cluster.kubectl(
-        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds})
-    )
+    files = upstream_crd_files()
+    names = [f"{plural}.{group}" for group, plural in THIRD_PARTY]
+    # Server-side: the upstream CRDs are too large for client-side apply's annotation.
+    cluster.kubectl("apply", "--server-side", *[a for f in files for a in ("-f", str(f))])
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
     )
@@ -153,7 +138,7 @@ def test_default_values_pass_server_dry_run(cluster: LocalCluster, helm: Helm) -
     namespace(cluster, "chart-default")
     manifests = helm.template("modelflock", "chart-default")
     report = dry_run(cluster, manifests)
-    assert len(dry_run_names(report)) == len(objects(manifests)) == 10
+    assert len(dry_run_names(report)) == len(objects(manifests)) == 11
     assert "deployment.apps/modelflock" in report
     assert "mutatingwebhookconfiguration.admissionregistration.k8s.io/modelflock" in report
 
@@ -166,9 +151,34 @@ def test_full_values_pass_server_dry_run(
     # objects the chart creates, so the dry-run needs nothing for them.
     manifests = helm.template("flock", "chart-full", "-f", str(FULL_VALUES))
     report = dry_run(cluster, manifests)
-    assert len(dry_run_names(report)) == len(objects(manifests))
-    for kind in ("servicemonitor", "prometheusrule", "certificate", "issuer"):
+    assert len(dry_run_names(report)) == len(objects(manifests)) == 16
+    for kind in ("servicemonitor", "podmonitor", "prometheusrule", "certificate", "issuer"):
         assert f"{kind}." in report, kind
+
+
+def test_upstream_crds_validate_specs(cluster: LocalCluster, third_party_crds: None) -> None:
+    """The vendored CRDs really check specs (a stub that accepts anything would not)."""
+    namespace(cluster, "chart-full")
+    bad = [
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "bad", "namespace": "chart-full"},
+            "spec": {"selector": {}, "endpoints": [{"port": "metrics", "honorLabels": "yes"}]},
+        },
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": "bad", "namespace": "chart-full"},
+            "spec": {"dnsNames": ["x"], "issuerRef": {"name": "i"}},  # no secretName
+        },
+    ]
+    for doc in bad:
+        result = cluster.run_kubectl(
+            "apply", "--server-side", "--dry-run=server", "-f", "-", input=json.dumps(doc)
+        )
+        assert result.returncode != 0, f"{doc['kind']} with a bad spec was accepted"
+        assert "Invalid value" in result.stderr or "Required value" in result.stderr, result.stderr
 
 
 def test_plain_manifests_and_kustomize_pass_server_dry_run(
@@ -277,3 +287,51 @@ def test_helm_install_upgrade_uninstall(cluster: LocalCluster, helm: Helm) -> No
         "get", "mutatingwebhookconfiguration", "mf-modelflock", "--ignore-not-found", "-o", "name"
     )
     assert not leftover.strip()
+
+
+def test_existing_crds_as_the_docs_say(cluster: LocalCluster, tmp_path: Path) -> None:
+    """docs/install.md, "When the CRDs already exist", run as written: the CRDs applied from
+    crds/ (as the session did) make a plain install fail; `crds.enabled=false` installs
+    without them, and the adoption commands let the release take them over."""
+    steps = doc_steps("crds-step")
+    checkout = tmp_path / "checkout"
+    shutil.copytree(CHART, checkout / "charts" / "modelflock")
+    (checkout / "my-values.yaml").write_text("nodePools: []\n")
+    assert cluster.bin_dir is not None
+    env = shell_env(cluster.bin_dir, cluster.kubeconfig, tmp_path)
+
+    def helm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["helm", *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=180
+        )
+
+    plain = helm_cli(
+        "install",
+        "modelflock",
+        "charts/modelflock",
+        "-n",
+        "modelflock",
+        "--create-namespace",
+        "-f",
+        "my-values.yaml",
+    )
+    assert plain.returncode != 0
+    assert "invalid ownership metadata" in plain.stderr, plain.stderr
+    try:
+        run_step(steps["disabled"], checkout, env)
+        crd = get(cluster, "crd", OUR_CRDS[0])
+        assert "meta.helm.sh/release-name" not in crd["metadata"].get("annotations", {})
+        uninstall = helm_cli("uninstall", "modelflock", "-n", "modelflock", "--wait")
+        assert uninstall.returncode == 0, uninstall.stderr
+        assert get(cluster, "crd", OUR_CRDS[0])  # not the release's: untouched
+
+        run_step(steps["adopt"], checkout, env)
+        for name in OUR_CRDS:
+            annotations = get(cluster, "crd", name)["metadata"]["annotations"]
+            assert annotations["meta.helm.sh/release-name"] == "modelflock"
+            assert annotations["helm.sh/resource-policy"] == "keep"  # now the chart's
+    finally:
+        helm_cli("uninstall", "modelflock", "-n", "modelflock", "--wait")
+        crd_disown(cluster)
+    for name in OUR_CRDS:
+        assert get(cluster, "crd", name)["metadata"]["name"] == name  # kept
