@@ -47,9 +47,20 @@ if [[ ! -x "$bin/kwok" ]]; then
   GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 fi
 
-if [[ ! -x "$bin/helm" ]]; then
-  log "installing helm $HELM_VERSION"
-  GOBIN="$bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+# helm's template/lint assume Kubernetes 1.20 unless the version is stamped in at build time
+# (as helm's own release builds do): stamp the control plane's version, so `helm template`
+# without --kube-version renders for it. helm has its own stamp file, so changing how helm is
+# built rebuilds helm alone, never the Kubernetes binaries above.
+helm_stamp="helm $HELM_VERSION k8s 1.$minor"
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+done
+if [[ ! -x "$bin/helm" || "$(cat "$bin/helm.stamp" 2>/dev/null)" != "$helm_stamp" ]]; then
+  log "installing helm $HELM_VERSION (Kubernetes 1.$minor by default)"
+  rm -f "$bin/helm" "$bin/helm.stamp"
+  GOBIN="$bin" go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "$helm_stamp" > "$bin/helm.stamp"
 fi
 
 # kwok v0.8.0 ships its stage files in the module but loads none by default.
