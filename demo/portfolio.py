@@ -367,7 +367,13 @@ class Portfolio:
 
     def example_documents(self) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = []
-        for path in sorted((REPO / "deploy" / "examples").glob("*.yaml")):
+        examples = REPO / "deploy" / "examples"
+        # The Secrets first (deploy/examples/secrets/ holds them as files; the demo fills in
+        # the key of its simulated frontier API), then the portfolio.
+        for path in [
+            *sorted((examples / "secrets").glob("*.yaml")),
+            *sorted(examples.glob("*.yaml")),
+        ]:
             for doc in yaml.safe_load_all(path.read_text()):
                 if not doc:
                     continue

@@ -57,7 +57,11 @@ def test_crds_are_established(cluster: LocalCluster) -> None:
         assert status == "True True"
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted([*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("secrets/*.yaml")]),
+    ids=lambda p: p.name,
+)
 def test_every_example_applies(cluster: LocalCluster, namespace: str, path: Path) -> None:
     for extra in (("--dry-run=server",), ()):
         out = cluster.kubectl(
