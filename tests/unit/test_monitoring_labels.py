@@ -88,7 +88,7 @@ def operator_port() -> Iterator[int]:
 def router_port() -> Iterator[int]:
     metrics = RouterMetrics()
     metrics.requests.inc(("code", "code-7b", "code", "200"))
-    metrics.cost.add(("code", "code-7b"), 0.002)
+    metrics.cost.inc(("code", "code-7b"), 0.002)
     yield from serve(metrics.registry)
 
 
@@ -133,7 +133,6 @@ def test_generated_scrape_configs_keep_the_experts_namespace(
     pod = operator_pod(one(docs, "Deployment"))
     operator_jobs = service_monitor_scrape_configs(one(docs, "ServiceMonitor"))
     router_jobs = pod_monitor_scrape_configs(one(docs, "PodMonitor"))
-    assert [j["honor_labels"] for j in operator_jobs] == [True]
 
     operator_targets = tmp_path / "operator.json"
     write_targets(
@@ -199,3 +198,4 @@ def test_generated_scrape_configs_keep_the_experts_namespace(
         assert router["pod"] == "chat-app-7c9d"
         assert router["container"] == SIDECAR_NAME
         assert router["job"] == f"{NAMESPACE}/{one(docs, 'PodMonitor')['metadata']['name']}"
+    assert [j["honor_labels"] for j in operator_jobs] == [True]
