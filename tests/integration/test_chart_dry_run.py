@@ -18,6 +18,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,13 @@ def third_party_crds(cluster: LocalCluster) -> Iterator[None]:
     names = [f"{plural}.{group}" for group, plural in THIRD_PARTY]
     # Server-side: the upstream CRDs are too large for client-side apply's annotation.
     cluster.kubectl("apply", "--server-side", *[a for f in files for a in ("-f", str(f))])
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
-    )
+    # A CRD's status appears a moment after it is created: wait for it to exist first.
+    deadline = time.monotonic() + 60
+    while cluster.run_kubectl(
+        "wait", "--for=condition=Established", "--timeout=10s", *[f"crd/{n}" for n in names]
+    ).returncode:
+        assert time.monotonic() < deadline, "third-party CRDs not established"
+        time.sleep(1)
     yield
     cluster.kubectl("delete", "crd", "--ignore-not-found", "--wait=false", *names)
 
