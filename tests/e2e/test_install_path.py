@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 import shutil
 import subprocess
@@ -241,6 +242,16 @@ def router_config(day: Day) -> dict[str, Any]:
     return config
 
 
+def write_router_config(day: Day) -> Path:
+    """The router's config file, from the operator's ConfigMap (the router reloads it when it
+    changes, as a gateway pod's mounted ConfigMap would)."""
+    path = day.workdir / "router.yaml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(router_config(day), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
 def test_03_gateway_and_a_request(day: Day) -> None:
     day.run("gateway")
     pods = get_json(day.cluster, "pods", "-n", NS, "-l", "modelflock.io/router-metrics")["items"]
@@ -248,8 +259,7 @@ def test_03_gateway_and_a_request(day: Day) -> None:
     assert "kubectl -n llm port-forward service/portfolio-router" in STEPS["request"].script
     assert day.fleet is not None
     day.fleet.sync()  # every engine pod has its simulated engine
-    path = day.workdir / "router.yaml"
-    path.write_text(yaml.safe_dump(router_config(day), sort_keys=False))
+    path = write_router_config(day)
     day.router = spawn(
         [sys.executable, "-m", "modelflock", "router", "--config", str(path)],
         day.workdir / "router.log",
@@ -509,10 +519,12 @@ def dashboard(day: Day) -> dict[str, Any]:
     return data
 
 
-def panel_query(expr: str, namespace: str, window: str) -> str:
-    """A panel's query as Grafana sends it with one namespace picked and a time range."""
+def panel_query(expr: str, namespace: str, window: str, route: str = ".*") -> str:
+    """A panel's query as Grafana sends it with one namespace (and route) picked and a time
+    range."""
     return (
         expr.replace("$namespace", namespace)
+        .replace("$route", route)
         .replace("$__rate_interval", window)
         .replace("$__range", window)
     )
@@ -552,7 +564,10 @@ def test_08_cost_and_savings_panels_agree_with_the_report(day: Day) -> None:
         end, after = time.time(), day.router_metrics()
     expected = report_delta(before, after)
     assert set(expected) >= {"code", "summarize", "chat"}
-    window = f"{int(end - start)}s"
+    # The window reaches into the quiet seconds before and after the traffic: every request
+    # of the measured phase is inside it, and the counters are flat at both edges.
+    seconds = math.ceil(end - start) + 2
+    window = f"{seconds}s"
 
     def value(title: str, target: int = 0, route: str | None = None) -> float:
         expr = panel_query(panels[title]["targets"][target]["expr"], NS, window)
@@ -573,7 +588,6 @@ def test_08_cost_and_savings_panels_agree_with_the_report(day: Day) -> None:
     # The savings share from the two stat panels is the report's, exactly.
     assert saved / (saved + cost) == pytest.approx(whole.savings, rel=1e-6)
     # In dollars, increase() extrapolates to the window's edges: at most two scrape intervals.
-    seconds = end - start
     stretch = seconds / (seconds - 2.2)
     assert whole.cost <= cost * (1 + 1e-9) <= whole.cost * stretch
     assert whole.baseline_cost - whole.cost <= saved * (1 + 1e-9)
@@ -581,7 +595,40 @@ def test_08_cost_and_savings_panels_agree_with_the_report(day: Day) -> None:
     assert value("Requests (range)") == pytest.approx(whole.requests, rel=stretch - 1)
 
 
-def test_09_every_dashboard_query_returns_series_for_the_experts_namespace(day: Day) -> None:
+def test_09_shadow_evaluation_samples_reach_prometheus(day: Day) -> None:
+    """The quality panels read shadow-evaluation series: sample every answer for a while
+    (the example policy samples 2%), with room for one sample at a time so some are dropped."""
+    prom = day.prometheus
+    assert prom is not None
+    patch = {"spec": {"evaluation": {"sampleRate": "1", "maxConcurrent": 1}}}
+    day.cluster.kubectl(
+        "patch", "routingpolicy", "portfolio", "-n", NS, "--type", "merge", "-p", json.dumps(patch)
+    )
+
+    def rendered() -> bool:
+        evaluation = router_config(day).get("evaluation") or {}
+        rates = {r["sampleRate"] for r in evaluation.get("routes", [])}
+        return rates == {"1"} and evaluation.get("maxConcurrent") == 1
+
+    wait_for(rendered, "the operator's router config with sampleRate 1", 30)
+    write_router_config(day)
+    time.sleep(2)  # the router checks its file every second
+    prompts = [f"Write a Python function number {i} that parses a CSV file." for i in range(24)]
+    prompts += [f"Summarize this article in three bullet points: story {i}." for i in range(24)]
+    with day.client() as client, ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda p: ask(client, p)[0], prompts))
+    assert codes.count(200) == len(codes), codes
+    prom.wait_for(
+        lambda: (
+            prom.query(f'modelflock_router_shadow_samples_total{{namespace="{NS}"}}')
+            and prom.query(f'modelflock_router_shadow_dropped_total{{namespace="{NS}"}}')
+        ),
+        "judged and dropped shadow samples in Prometheus",
+        60,
+    )
+
+
+def test_10_every_dashboard_query_returns_series_for_the_experts_namespace(day: Day) -> None:
     prom = day.prometheus
     assert prom is not None
     board = dashboard(day)
@@ -590,10 +637,18 @@ def test_09_every_dashboard_query_returns_series_for_the_experts_namespace(day: 
     assert "label_values(modelflock_router_requests_total, namespace)" in variable["definition"]
     values = prom.api("label/namespace/values", **{"match[]": "modelflock_router_requests_total"})
     assert NS in values
+    # The route picker of the quality panels (label_values of the shadow samples).
+    route = next(v for v in board["templating"]["list"] if v["name"] == "route")
+    assert "modelflock_router_shadow_samples_total" in route["definition"]
+    routes = prom.api(
+        "label/route/values",
+        **{"match[]": f'modelflock_router_shadow_samples_total{{namespace=~"{NS}"}}'},
+    )
+    assert "code" in routes
     empty = []
     for panel in board["panels"]:
         for target in panel.get("targets", []):
-            result = prom.query(panel_query(target["expr"], NS, "10m"))
+            result = prom.query(panel_query(target["expr"], NS, "10m", "code"))
             if not result:
                 empty.append(f"{panel['title']}: {target['expr']}")
             for sample in result:
@@ -607,7 +662,7 @@ def test_09_every_dashboard_query_returns_series_for_the_experts_namespace(day: 
 # ---- uninstall, and recovering from the wrong order ------------------------------------------
 
 
-def test_10_uninstall(day: Day) -> None:
+def test_11_uninstall(day: Day) -> None:
     for proc in (day.router, day.frontier):
         if proc is not None:
             stop_process_group(proc, timeout=5)
@@ -623,7 +678,7 @@ def test_10_uninstall(day: Day) -> None:
     assert status.returncode != 0  # the release is gone
 
 
-def test_11_recover_from_a_stuck_uninstall(day: Day) -> None:
+def test_12_recover_from_a_stuck_uninstall(day: Day) -> None:
     """The wrong order: the operator is gone first, and deleting an expert hangs on its
     finalizer; step `recover`, as written, gets it deleted."""
     operator = day.operator
