@@ -7,8 +7,9 @@ What the local control plane cannot do, and what the test does instead:
   placed on a fake CPU node that kwok reports Ready, and the operator runs as a local process
   with the configuration the chart rendered (as `make demo` does);
 - no real pods: a simulated engine serves each engine pod's IP (demo/portfolio.py's
-  EngineFleet), the frontier API is simulated on loopback (its URL and key are what the
-  settings step's variables say), and the router runs as a local process with the
+  EngineFleet); the frontier API is simulated on loopback with the key the settings step's
+  variable holds, over plain http, so after step `apply` the test points the frontier expert
+  at it (with `allowPlainHttp`); the router runs as a local process with the
   configuration the operator rendered, standing in for the gateway pod step `gateway` created
   (step `request` port-forwards to that pod, which the test cannot);
 - no Prometheus Operator: its CRDs are applied from tests/data/upstream-crds, and the scrape
@@ -92,6 +93,8 @@ class Day:
     frontier: subprocess.Popen[bytes] | None = None
     router: subprocess.Popen[bytes] | None = None
     router_port: int = field(default_factory=free_port)
+    router_metrics_port: int = field(default_factory=free_port)
+    gateway_key: str = ""
     prometheus: Prometheus | None = None
 
     def run(self, name: str) -> str:
@@ -101,14 +104,22 @@ class Day:
     def router_base(self) -> str:
         return f"http://127.0.0.1:{self.router_port}"
 
+    @property
+    def router_ops(self) -> str:
+        return f"http://127.0.0.1:{self.router_metrics_port}"
+
     def router_metrics(self) -> str:
-        with urllib.request.urlopen(self.router_base + "/metrics", timeout=5) as answer:
+        with urllib.request.urlopen(self.router_ops + "/metrics", timeout=5) as answer:
             text: str = answer.read().decode()
             return text
 
-    def client(self) -> openai.OpenAI:
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        """An OpenAI client of the gateway, with its client key (as Authorization: Bearer)."""
         return openai.OpenAI(
-            base_url=self.router_base + "/v1", api_key="unused", max_retries=0, timeout=60
+            base_url=self.router_base + "/v1",
+            api_key=key or self.gateway_key,
+            max_retries=0,
+            timeout=60,
         )
 
     def stop(self) -> None:
@@ -165,7 +176,9 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
         cluster.kubeconfig,
         workdir,
         IMAGE_REPOSITORY="registry.internal.example/platform/modelflock",
-        FRONTIER_BASE_URL=f"http://127.0.0.1:{frontier_port}/v1",
+        # What a reader sets (https is required); after step `apply` the test points the
+        # expert at its simulated frontier on loopback instead (plain http, allowPlainHttp).
+        FRONTIER_BASE_URL="https://frontier.invalid/v1",
         FRONTIER_API_KEY=frontier_key,
         HF_TOKEN="hf_" + secrets.token_hex(12),
     )
@@ -198,6 +211,25 @@ def test_01_values_and_install(day: Day) -> None:
     operator.config_overrides = config
     operator.start()
     day.operator = operator
+    # `helm test`'s Pod cannot run here (kwok completes only Jobs' pods): run its script with
+    # the Service's address swapped for the local operator's.
+    hooks = subprocess.run(
+        ["helm", "get", "hooks", RELEASE, "-n", RELEASE_NS],
+        env=day.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [pod] = [d for d in yaml.safe_load_all(hooks) if d and d["kind"] == "Pod"]
+    [container] = pod["spec"]["containers"]
+    script = container["args"][0].replace(
+        f"modelflock.{RELEASE_NS}.svc:8090", f"127.0.0.1:{operator.flock_port}"
+    )
+    assert f"127.0.0.1:{operator.flock_port}/readyz" in script
+    check = subprocess.run(
+        [sys.executable, *container["command"][1:], script], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "200 ok" in check.stdout, check.stdout + check.stderr
 
 
 def test_02_secrets_apply_and_watch(day: Day) -> None:
@@ -213,6 +245,20 @@ def test_02_secrets_apply_and_watch(day: Day) -> None:
         day.workdir / "frontier.log",
     )
     day.run("apply")
+    frontier = get_json(day.cluster, "modelexpert", "frontier", "-n", NS)
+    assert frontier["spec"]["external"]["baseURL"] == day.env["FRONTIER_BASE_URL"]
+    local = {"baseURL": f"http://127.0.0.1:{day.frontier_port}/v1", "allowPlainHttp": True}
+    day.cluster.kubectl(
+        "patch",
+        "modelexpert",
+        "frontier",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"external": local}}),
+    )
     day.fleet = EngineFleet(day.cluster, NS, day.workdir / "engines")
     day.fleet.start()
     out = day.run("watch")
@@ -221,18 +267,26 @@ def test_02_secrets_apply_and_watch(day: Day) -> None:
         ready = next(c for c in expert["status"]["conditions"] if c["type"] == "Ready")
         assert ready["status"] == "True", (expert["metadata"]["name"], ready)
     frontier = get_json(day.cluster, "modelexpert", "frontier", "-n", NS)
-    assert frontier["status"]["endpoint"] == day.env["FRONTIER_BASE_URL"]
+    assert frontier["status"]["endpoint"] == local["baseURL"]
+
+
+def secret_value(day: Day, name: str, key: str) -> str:
+    return base64.b64decode(get_json(day.cluster, "secret", name, "-n", NS)["data"][key]).decode()
 
 
 def router_config(day: Day) -> dict[str, Any]:
-    """The router configuration the operator rendered for the policy, with in-cluster file
-    paths mapped to local files (as the gateway pod mounts them)."""
+    """The gateway's router configuration as the operator rendered it, with the files the
+    gateway pod mounts (router token, frontier key, client keys) mapped to local files."""
     policy = get_json(day.cluster, "routingpolicy", "portfolio", "-n", NS)
     cm = get_json(day.cluster, "configmap", policy["status"]["configMapName"], "-n", NS)
-    config: dict[str, Any] = yaml.safe_load(cm["data"]["router.yaml"])
-    token = get_json(day.cluster, "secret", "portfolio-router-token", "-n", NS)
+    config: dict[str, Any] = yaml.safe_load(cm["data"]["gateway.yaml"])
+    for index, key in enumerate((config.get("auth") or {}).get("keys", [])):
+        key_file = day.workdir / f"client-key-{index}"
+        secret, item = Path(key["file"]).parts[-2:]
+        key_file.write_text(secret_value(day, secret, item))
+        key["file"] = str(key_file)
     token_file = day.workdir / "router-token"
-    token_file.write_text(base64.b64decode(token["data"]["token"]).decode())
+    token_file.write_text(secret_value(day, "portfolio-router-token", "token"))
     config["discovery"]["tokenFile"] = str(token_file)
     config["discovery"]["intervalSeconds"] = 1
     for expert in config["experts"]:
@@ -257,14 +311,22 @@ def test_03_gateway_and_a_request(day: Day) -> None:
     pods = get_json(day.cluster, "pods", "-n", NS, "-l", "modelflock.io/router-metrics")["items"]
     assert [p["metadata"]["labels"]["modelflock.io/router-metrics"] for p in pods] == ["gateway"]
     assert "kubectl -n llm port-forward service/portfolio-router" in STEPS["request"].script
+    day.gateway_key = secret_value(day, "gateway-key", "key")
     assert day.fleet is not None
     day.fleet.sync()  # every engine pod has its simulated engine
     path = write_router_config(day)
+    # As in the gateway pod: the API needs a client key, /metrics and probes are on their own
+    # port (the PodMonitor's mf-metrics).
     day.router = spawn(
-        [sys.executable, "-m", "modelflock", "router", "--config", str(path)],
+        [
+            *(sys.executable, "-m", "modelflock", "router", "--config", str(path)),
+            *("--metrics-port", str(day.router_metrics_port)),
+        ],
         day.workdir / "router.log",
     )
-    wait_for(lambda: _status(day.router_base + "/readyz") == 200, "router ready", 30)
+    wait_for(lambda: _status(day.router_ops + "/readyz") == 200, "router ready", 30)
+    with day.client("wrong-key") as client:
+        assert ask(client, CODE_PROMPT)[0] == 401
     with day.client() as client:
         # Until the router's first discovery brings code-7b's endpoints, its fallback answers.
         headers = wait_for(
@@ -360,7 +422,7 @@ def test_04_observe_with_prometheus(day: Day) -> None:
     )
     write_targets(
         targets / "routers.json",
-        [pod_target(f"127.0.0.1:{day.router_port}", gateway_pod, "mf-metrics")],
+        [pod_target(f"127.0.0.1:{day.router_metrics_port}", gateway_pod, "mf-metrics")],
     )
     rules = day.workdir / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": objects["prometheusrule"]["spec"]["groups"]}))
