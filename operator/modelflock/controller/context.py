@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from modelflock.api.knowledgebase import KnowledgeBaseStatus
 from modelflock.api.modelexpert import ModelExpertStatus
 from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
 from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, SourceMetrics
@@ -74,11 +76,21 @@ class ExpertState:
 
 
 @dataclass(frozen=True)
+class RetrievalReport:
+    """A router's last word on one knowledge base's store (POST .../retrieval)."""
+
+    reachable: bool
+    detail: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class PolicyAccess:
     """What a router holding this policy's token may see and wake."""
 
     token: str
     experts: frozenset[str]
+    knowledge_bases: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -98,6 +110,11 @@ class OperatorContext:
     # Filled by the RoutingPolicy workers, read by the sidecar injection webhook.
     sidecar_plans: dict[ObjectKey, SidecarPlan] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
+    # KnowledgeBase workers: their triggers and the status each last wrote.
+    kb_triggers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
+    kb_status: dict[ObjectKey, KnowledgeBaseStatus] = field(default_factory=dict)
+    # What routers report about their knowledge bases' stores, per policy (flock API).
+    retrieval_reports: dict[ObjectKey, dict[str, RetrievalReport]] = field(default_factory=dict)
     # One long-lived source per kind, so "logged once per failure streak" holds across ticks.
     sources: dict[str, MetricSource] = field(default_factory=dict)
     # Listeners besides the flock API that must accept connections before /readyz says ready

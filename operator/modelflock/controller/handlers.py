@@ -14,6 +14,7 @@ import kopf
 from modelflock.api.common import GROUP, VERSION
 from modelflock.controller.context import OperatorContext
 from modelflock.controller.expert import reconcile_expert
+from modelflock.controller.knowledgebase import reconcile_knowledge_base
 from modelflock.controller.kube import api_error_message
 from modelflock.controller.policy import reconcile_policy
 from modelflock.controller.servers import start_servers
@@ -174,6 +175,47 @@ def build_registry(
             ctx.policy_access.pop(key, None)
             ctx.sidecar_plans.pop(key, None)
             ctx.evaluations.forget(key)
+
+    @kopf.daemon(GROUP, VERSION, "knowledgebases", registry=registry, cancellation_timeout=10.0)
+    async def knowledge_base_worker(
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        logger: kopf.Logger,
+        **_: Any,
+    ) -> None:
+        ctx = _context(memo)
+        key = (str(namespace), name)
+        trigger = ctx.kb_triggers.setdefault(key, asyncio.Event())
+        resync = [float(ctx.config.resync_seconds)]
+
+        async def reconcile() -> None:
+            resync[0] = await reconcile_knowledge_base(ctx, key, body, logger)
+            ctx.trigger_policies_in(key[0])  # policies render the table and dimensions
+
+        try:
+            await _work(
+                reconcile, trigger, stopped, lambda: resync[0], ctx, "KnowledgeBase", logger
+            )
+        finally:
+            ctx.kb_triggers.pop(key, None)
+            ctx.kb_status.pop(key, None)
+
+    @kopf.on.event(GROUP, VERSION, "knowledgebases", registry=registry)
+    def knowledge_base_changed(
+        namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
+    ) -> None:
+        ctx = _context(memo)
+        key = (str(namespace), name)
+        seen = ctx.kb_status.get(key)
+        generation = (body.get("metadata") or {}).get("generation")
+        # Our own status writes come back as events: only a new spec starts a pass.
+        if seen is None or seen.observed_generation != generation:
+            event = ctx.kb_triggers.get(key)
+            if event is not None:
+                event.set()
 
     @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
     def policy_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:

@@ -65,6 +65,19 @@ class OperatorMetrics:
             registry=registry,
         )
 
+        self.ingested = Counter(
+            "modelflock_knowledgebase_chunks_embedded",
+            "Chunks embedded and written by ingest passes.",
+            ["namespace", "knowledgebase"],
+            registry=registry,
+        )
+        self.embedding_calls = Counter(
+            "modelflock_knowledgebase_embedding_calls",
+            "Successful embedding calls (batches) of ingest passes.",
+            ["namespace", "knowledgebase"],
+            registry=registry,
+        )
+
     def forget_expert(self, namespace: str, expert: str) -> None:
         """Drop the series of a deleted expert so dashboards don't show ghosts."""
         for gauge in (self.queue_depth, self.target_queue_depth, self.desired_replicas):

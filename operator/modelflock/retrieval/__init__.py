@@ -1,0 +1,1 @@
+"""Retrieval: documents → chunks → embeddings → PostgreSQL/pgvector, and queries on it."""
