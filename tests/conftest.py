@@ -3,7 +3,9 @@ error in every test that needs it, never a skip."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from localcluster import LocalCluster  # noqa: E402
 
+from modelflock.retrieval.localpg import LocalPostgres  # noqa: E402
 from support import MINILM_MODEL, EngineSimProcess, OperatorProcess, make_webhook_certs  # noqa: E402
 
 
@@ -29,6 +32,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             "--timeout=60s",
             "crd/modelexperts.modelflock.io",
             "crd/routingpolicies.modelflock.io",
+            "crd/knowledgebases.modelflock.io",
         )
         yield local
     finally:
@@ -64,3 +68,19 @@ def minilm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield engine.url
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL with pgvector on 127.0.0.1 (binaries of the pgserver wheel), with a
+    writer and a read-only role. Tests that stop it start it again. Failing to start is an
+    error, never a skip."""
+    root = Path(tempfile.mkdtemp(prefix="modelflock-pg-"))
+    root.chmod(0o755)  # as root, the server runs as another user: it must reach its data
+    server = LocalPostgres(root / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+        shutil.rmtree(root, ignore_errors=True)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from modelflock.api import modelexpert, routingpolicy
+from modelflock.api import knowledgebase, modelexpert, routingpolicy
 from modelflock.api.common import GROUP, VERSION
 from modelflock.api.schema import structural_schema
 
@@ -94,6 +94,29 @@ KINDS = (
                 "description": "ready/total",
             },
             READY_COLUMN,
+            AGE_COLUMN,
+        ),
+        subresources={"status": {}},
+    ),
+    KindInfo(
+        kind=knowledgebase.KIND,
+        description=knowledgebase.KnowledgeBase.__doc__ or "",
+        plural=knowledgebase.PLURAL,
+        short_names=("kb",),
+        spec=knowledgebase.KnowledgeBaseSpec,
+        status=knowledgebase.KnowledgeBaseStatus,
+        max_name_length=knowledgebase.MAX_NAME_LENGTH,
+        columns=(
+            {"name": "Documents", "type": "integer", "jsonPath": ".status.documents"},
+            {"name": "Chunks", "type": "integer", "jsonPath": ".status.chunks"},
+            {"name": "Expert", "type": "string", "jsonPath": ".spec.embedding.expert"},
+            READY_COLUMN,
+            {
+                "name": "Degraded",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Degraded")].reason',
+            },
+            {"name": "Last Ingest", "type": "date", "jsonPath": ".status.lastIngestTime"},
             AGE_COLUMN,
         ),
         subresources={"status": {}},

@@ -79,6 +79,35 @@ class RouterMetrics:
         self.waiting = Gauge(
             f"{_P}waiting_requests", "Requests held for a cold expert.", ("expert",)
         )
+        self.retrievals = Counter(
+            f"{_P}retrievals",
+            "Knowledge base lookups by outcome (hit, miss, unavailable).",
+            ("route", "knowledge_base", "outcome"),
+        )
+        self.retrieval_seconds = Histogram(
+            f"{_P}retrieval_duration_seconds",
+            "Time to embed the query and search the knowledge base.",
+            ("route", "knowledge_base"),
+            _LATENCY,
+        )
+        self.retrieval_embedding_cost = Counter(
+            f"{_P}retrieval_embedding_cost_usd",
+            "Cost of embedding queries for knowledge base lookups.",
+            ("route", "knowledge_base"),
+        )
+        self.retrieval_saved = Counter(
+            f"{_P}retrieval_saved_usd",
+            "Baseline cost of the answers given from a knowledge base, less their cost.",
+            ("route", "knowledge_base"),
+        )
+        self.handoffs = Counter(
+            f"{_P}handoffs", "Escalations that handed context over, by mode.", ("route", "mode")
+        )
+        self.handoff_tokens = Counter(
+            f"{_P}handoff_tokens",
+            "Tokens (estimated) of the context handed to the bigger expert.",
+            ("route", "mode"),
+        )
         self.reloads = Counter(f"{_P}config_reloads", "Config reloads.", ("result",))
         self.in_flight = Gauge(f"{_P}in_flight_requests", "Requests in progress.", ())
         self.client_requests = Counter(

@@ -17,8 +17,10 @@ from modelflock.router.config import Evaluation
 from modelflock.router.discovery import DiscoveryClient
 from modelflock.router.dispatch import Dispatcher
 from modelflock.router.handlers import RouterParts, api_routes, not_found, ops_routes
+from modelflock.router.handoff import HandoffStep
 from modelflock.router.http1 import Http1Client
 from modelflock.router.http_server import HttpServer, Limits
+from modelflock.router.retrieval import RetrievalStep
 from modelflock.router.shadow.budget import DailyBudget
 from modelflock.router.shadow.reporting import ShadowReporter
 from modelflock.router.shadow.runner import ShadowStep
@@ -98,7 +100,9 @@ class RouterServer:
         loop = asyncio.get_running_loop()
         for task in (loop.create_task(holder.watch()), loop.create_task(discovery.run())):
             stack.push_async_callback(_cancel, task)
-        steps = self._steps(upstream, discovery)
+        retrieval = RetrievalStep(upstream, metrics, discovery.note_retrieval)
+        stack.push_async_callback(retrieval.close)
+        steps = self._steps(upstream, discovery, retrieval, HandoffStep(metrics))
         parts = RouterParts(lambda: holder.current, metrics, Dispatcher(upstream, metrics, steps))
         defaults = config.defaults
         # Every request's body, parsed JSON and buffered answer come out of one budget.
@@ -122,12 +126,22 @@ class RouterServer:
         self._server = server
         self.host, self.port = server.host, server.port
 
-    def _steps(self, upstream: Upstream, discovery: DiscoveryClient) -> Steps:
+    def _steps(
+        self,
+        upstream: Upstream,
+        discovery: DiscoveryClient,
+        retrieval: RetrievalStep,
+        handoff: HandoffStep,
+    ) -> Steps:
         """The steps Dispatcher.run calls around the experts (router/steps.py): the place to
         add one. Steps that own resources register their cleanup on self._stack."""
         extra = self.extra_steps
         shadow = self._shadow(upstream, discovery)
-        return Steps(before=extra.before, escalation=extra.escalation, after=(*extra.after, shadow))
+        return Steps(
+            before=(retrieval, *extra.before),
+            escalation=(handoff, *extra.escalation),
+            after=(*extra.after, shadow),
+        )
 
     def _shadow(self, upstream: Upstream, discovery: DiscoveryClient) -> ShadowStep:
         """Shadow evaluation (router/shadow): the after-step, its metrics and its reports."""

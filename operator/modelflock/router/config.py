@@ -152,11 +152,43 @@ def _default_checks() -> list[CascadeCheck]:
     return ["truncated", "empty", "refusal"]
 
 
+Handoff = Literal["none", "draft", "context"]
+
+
 class Cascade(Model):
     experts: list[str] = Field(min_length=2)
     checks: list[CascadeCheck] = Field(default_factory=_default_checks)
     refusal_patterns: list[Regex] = Field(default_factory=list)
     min_confidence: DecimalString = "0.5"
+    # What an escalation gives the next expert: none (the bare request), draft (the rejected
+    # answer), context (the draft and the passages retrieval found, even below minScore).
+    handoff: Handoff = "none"
+    handoff_max_tokens: int = Field(default=512, ge=16, le=32_768)
+
+
+class Retrieval(Model):
+    """Answer from (or add context from) a knowledge base before any expert is called."""
+
+    knowledge_base: Name
+    mode: Literal["answer", "augment"] = "answer"
+    min_score: DecimalString = "0.5"
+    top_k: int = Field(default=3, ge=1, le=20)
+
+
+class KnowledgeBase(Model):
+    """A pgvector table the router reads with read-only credentials."""
+
+    name: Name
+    secret_dir: Path = Field(description="mounted Secret: host, port, dbname, username, password")
+    table: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,47}$")
+    dimensions: int = Field(ge=2, le=16_000)
+    expert: str = Field(description="the embedding expert for queries")
+    query_timeout_milliseconds: int = Field(default=250, ge=10, le=60_000)
+    embed_timeout_milliseconds: int = Field(default=1000, ge=10, le=60_000)
+    ef_search: int = Field(default=40, ge=1, le=1000)
+    retry_after_seconds: float = Field(
+        default=2.0, gt=0, description="after a store failure, skip the store this long"
+    )
 
 
 class Route(Model):
@@ -165,6 +197,7 @@ class Route(Model):
     expert: str | None = None
     cascade: Cascade | None = None
     fallbacks: list[str] = Field(default_factory=list)
+    retrieval: Retrieval | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
@@ -297,6 +330,7 @@ class RouterConfig(Model):
     discovery: Discovery | None = None
     evaluation: Evaluation | None = None
     auth: Auth | None = None
+    knowledge_bases: list[KnowledgeBase] = Field(default_factory=list)
     reload_interval_seconds: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
@@ -325,6 +359,15 @@ class RouterConfig(Model):
                 if float(sampled.sample_rate) > 1:
                     raise ValueError(f"evaluation route {sampled.name}: sampleRate above 1")
                 named += [(f"evaluation route {sampled.name}", c) for c in sampled.candidates]
+        named += [(f"knowledge base {kb.name}", kb.expert) for kb in self.knowledge_bases]
+        bases = {kb.name for kb in self.knowledge_bases}
+        if len(bases) != len(self.knowledge_bases):
+            raise ValueError("knowledge base names must be unique")
+        for route in self.routes:
+            if route.retrieval and route.retrieval.knowledge_base not in bases:
+                raise ValueError(
+                    f"route {route.name}: unknown knowledge base {route.retrieval.knowledge_base!r}"
+                )
         for where, name in named:
             if name not in experts:
                 raise ValueError(f"{where}: unknown expert {name!r}")

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _HOLDING_POLL_SECONDS = 0.25  # poll fast while requests wait for a cold expert
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
 _MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+_RETRIEVAL_REPORT_SECONDS = 15.0  # repeated while unchanged: the operator may have restarted
 
 
 def endpoint_url(url: object) -> str | None:
@@ -159,6 +160,7 @@ class DiscoveryClient:
         self._poll_now = asyncio.Event()
         self._demand_tasks: dict[str, asyncio.Task[None]] = {}
         self._last_demand: dict[str, float] = {}
+        self._retrieval: dict[str, tuple[bool, float]] = {}
 
     def live(self, expert: str) -> ExpertLive | None:
         return None if self.snapshot is None else self.snapshot.get(expert)
@@ -251,6 +253,34 @@ class DiscoveryClient:
             log.warning("evaluation report failed: %s", exc)
             return None
         return answer if isinstance(answer, dict) else None
+
+    def note_retrieval(self, knowledge_base: str, reachable: bool, detail: str) -> None:
+        """Tell the operator how a knowledge base's store answers (the RoutingPolicy status
+        shows it): at once when it changes, then every _RETRIEVAL_REPORT_SECONDS."""
+        cfg = self._config()
+        if cfg is None:
+            return
+        now = time.monotonic()
+        last = self._retrieval.get(knowledge_base)
+        if last is not None and last[0] == reachable and now - last[1] < _RETRIEVAL_REPORT_SECONDS:
+            return
+        self._retrieval[knowledge_base] = (reachable, now)
+        body = {"knowledgeBase": knowledge_base, "reachable": reachable, "detail": detail}
+        task = asyncio.get_running_loop().create_task(self._post("retrieval", body))
+        self._demand_tasks[f"retrieval:{knowledge_base}"] = task
+
+    async def _post(self, path: str, body: dict[str, Any]) -> None:
+        cfg = self._config()
+        if cfg is None:
+            return
+        try:
+            async with self._session.post(
+                f"{_base(cfg)}/{path}", headers=await _auth(cfg), json=body, timeout=_HTTP_TIMEOUT
+            ) as resp:
+                if resp.status != 202:
+                    log.warning("%s report refused: HTTP %s", path, resp.status)
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s report failed: %s", path, exc)
 
     def note_fallback(self, expert: str) -> None:
         """A request left a cold expert for a fallback: wake it too (rate-limited)."""

@@ -69,8 +69,9 @@ def with_context(body: dict[str, Any], kind: str, context: list[str]) -> dict[st
 
 def build_payload(job: Job, expert: ExpertRuntime) -> bytes:
     body = dict(job.parsed.body)
-    if job.context and job.parsed.kind != "embedding":
-        body = with_context(body, job.parsed.kind, job.context)
+    if (job.context or job.handoff) and job.parsed.kind != "embedding":
+        context = [*job.context, job.handoff] if job.handoff else job.context
+        body = with_context(body, job.parsed.kind, context)
     body["model"] = expert.config.model  # the router rewrites the model to the expert's
     if job.parsed.stream and not job.parsed.wants_usage:
         options = body.get("stream_options")

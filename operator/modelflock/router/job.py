@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modelflock.retrieval.store import Passage
 from modelflock.router.checks import CompiledChecks
 from modelflock.router.config import Route
 from modelflock.router.http_server import Request
@@ -63,6 +64,10 @@ class Job:
     context: list[str] = field(default_factory=list)
     # Headers that steps add to the answer (e.g. retrieval hit/miss and score).
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # What an escalation hands the next expert (replaced at each escalation).
+    handoff: str = ""
+    # Passages the retrieval step found (all of them, also below minScore).
+    retrieved: list[Passage] = field(default_factory=list)
     outcome: Served | None = None  # set when the final answer is accounted
 
     def headers(self, expert: str) -> dict[str, str]:

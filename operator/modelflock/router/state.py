@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from modelflock.retrieval.store import CREDENTIAL_KEYS
 from modelflock.router.checks import CompiledChecks, compile_checks
 from modelflock.router.classify.chain import ClassifierChain, RulesStage, Stage
 from modelflock.router.classify.embedding import EmbeddingStage
@@ -61,6 +62,8 @@ def watched_files(config_path: Path, config: RouterConfig | None) -> list[Path]:
             files += [k.file for k in config.auth.keys]
         if config.discovery:
             files.append(config.discovery.token_file)
+        for kb in config.knowledge_bases:
+            files += [kb.secret_dir / key for key in CREDENTIAL_KEYS]
     return files
 
 
