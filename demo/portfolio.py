@@ -315,6 +315,7 @@ class Portfolio:
             "--timeout=60s",
             "crd/modelexperts.modelflock.io",
             "crd/routingpolicies.modelflock.io",
+            "crd/knowledgebases.modelflock.io",
         )
 
     def chart_config(self) -> dict[str, Any]:

@@ -45,7 +45,11 @@ def _apply(cluster: LocalCluster, doc: dict[str, Any], *extra: str) -> tuple[boo
 
 
 def test_crds_are_established(cluster: LocalCluster) -> None:
-    for name in ("modelexperts.modelflock.io", "routingpolicies.modelflock.io"):
+    for name in (
+        "modelexperts.modelflock.io",
+        "routingpolicies.modelflock.io",
+        "knowledgebases.modelflock.io",
+    ):
         status = cluster.kubectl(
             "get",
             "crd",

@@ -34,7 +34,11 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelflock"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
-OUR_CRDS = ("modelexperts.modelflock.io", "routingpolicies.modelflock.io")
+OUR_CRDS = (
+    "modelexperts.modelflock.io",
+    "routingpolicies.modelflock.io",
+    "knowledgebases.modelflock.io",
+)
 UPSTREAM_CRDS = REPO / "tests" / "data" / "upstream-crds"
 # The third-party kinds the chart can render: (group, plural) of each upstream CRD.
 THIRD_PARTY = (

@@ -294,6 +294,8 @@ EXPECTED_RULES = {
     ("modelflock.io", "routingpolicies"): {"get", "list", "watch", "patch", "update"},
     ("modelflock.io", "modelexperts/status"): {"get", "patch", "update"},
     ("modelflock.io", "routingpolicies/status"): {"get", "patch", "update"},
+    ("modelflock.io", "knowledgebases"): {"get", "list", "watch", "patch", "update"},
+    ("modelflock.io", "knowledgebases/status"): {"get", "patch", "update"},
     ("modelflock.io", "modelexperts/scale"): {"get", "patch", "update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},

@@ -197,6 +197,35 @@ class Cascade(ApiModel):
         pattern=DECIMAL_PATTERN,
         description="lowConfidence: escalate when the mean token probability is below this.",
     )
+    handoff: Literal["none", "draft", "context"] = Field(
+        default="none",
+        description="What an escalation gives the next expert: none (the bare request), draft"
+        " (the rejected answer), context (the draft and the passages retrieval found).",
+    )
+    handoff_max_tokens: int = Field(
+        default=512, ge=16, le=32_768, description="Bound of the handed-over text (estimated)."
+    )
+
+
+class RouteRetrieval(ApiModel):
+    """Look the request up in a KnowledgeBase before any expert is called."""
+
+    knowledge_base: str = Field(
+        description="Name of a KnowledgeBase (same namespace).",
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+    )
+    mode: Literal["answer", "augment"] = Field(
+        default="answer",
+        description="answer: reply from the passages, no LLM (below minScore the route's"
+        " experts answer); augment: add the passages to the expert's request as context.",
+    )
+    min_score: str = Field(
+        default="0.5",
+        pattern=DECIMAL_PATTERN,
+        description="Cosine similarity the best passage needs (0..1).",
+    )
+    top_k: int = Field(default=3, ge=1, le=20, description="Passages retrieved.")
 
 
 class Route(ApiModel):
@@ -235,6 +264,9 @@ class Route(ApiModel):
         max_length=4,
         description="Experts to try when the chosen one is cold, overloaded or failing.",
         json_schema_extra={"items": NAME_ITEMS},
+    )
+    retrieval: RouteRetrieval | None = Field(
+        default=None, description="Answer from, or add context from, a KnowledgeBase first."
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from modelflock.controller.metrics import OperatorMetrics
 from modelflock.controller.readiness import Listener
 from modelflock.operator_config import OperatorConfig
 from modelflock.render.injection import SidecarPlan
+from modelflock.render.policy import StoreReport
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 
@@ -76,15 +76,6 @@ class ExpertState:
 
 
 @dataclass(frozen=True)
-class RetrievalReport:
-    """A router's last word on one knowledge base's store (POST .../retrieval)."""
-
-    reachable: bool
-    detail: str
-    at: datetime
-
-
-@dataclass(frozen=True)
 class PolicyAccess:
     """What a router holding this policy's token may see and wake."""
 
@@ -114,7 +105,7 @@ class OperatorContext:
     kb_triggers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     kb_status: dict[ObjectKey, KnowledgeBaseStatus] = field(default_factory=dict)
     # What routers report about their knowledge bases' stores, per policy (flock API).
-    retrieval_reports: dict[ObjectKey, dict[str, RetrievalReport]] = field(default_factory=dict)
+    retrieval_reports: dict[ObjectKey, dict[str, StoreReport]] = field(default_factory=dict)
     # One long-lived source per kind, so "logged once per failure streak" holds across ticks.
     sources: dict[str, MetricSource] = field(default_factory=dict)
     # Listeners besides the flock API that must accept connections before /readyz says ready

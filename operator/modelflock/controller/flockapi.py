@@ -16,6 +16,7 @@ from aiohttp import web
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
 from modelflock.controller.readiness import not_ready
 from modelflock.evaluation.wire import NotNamedError, parse_report
+from modelflock.render.policy import StoreReport
 
 PREFIX = "/flock/v1/namespaces/{namespace}/routingpolicies/{policy}"
 MAX_DEMAND_BODY = 4096
@@ -113,6 +114,34 @@ def flock_app(ctx: OperatorContext) -> web.Application:
             ctx.trigger_policy(key)
         return web.json_response({"day": state.day or report.day, "spentTodayUSD": state.spent})
 
+    async def retrieval(request: web.Request) -> web.Response:
+        """A router reports whether a knowledge base's store answers (policy status)."""
+        checked = _authorize(ctx, request)
+        if isinstance(checked, web.Response):
+            return checked
+        key, access = checked
+        if (request.content_length or 0) > MAX_DEMAND_BODY:
+            return _error(413, "report body too large")
+        try:
+            body = await request.json()
+            name = str(body["knowledgeBase"])
+            reachable = body["reachable"]
+            detail = str(body.get("detail", ""))[:500]
+            if not isinstance(reachable, bool):
+                raise TypeError("reachable")
+        except (ValueError, KeyError, TypeError):
+            return _error(
+                400, 'expected JSON {"knowledgeBase": "<name>", "reachable": <bool>, "detail"}'
+            )
+        if name not in access.knowledge_bases:
+            return _error(403, f"knowledge base {name!r} is not named by this routing policy")
+        reports = ctx.retrieval_reports.setdefault(key, {})
+        before = reports.get(name)
+        reports[name] = StoreReport(reachable, detail, datetime.now(UTC))
+        if before is None or before.reachable != reachable:
+            ctx.trigger_policy(key)
+        return web.json_response({"accepted": True}, status=202)
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -127,6 +156,7 @@ def flock_app(ctx: OperatorContext) -> web.Application:
     app.router.add_get(PREFIX + "/endpoints", endpoints)
     app.router.add_post(PREFIX + "/demand", demand)
     app.router.add_post(PREFIX + "/evaluation", evaluation)
+    app.router.add_post(PREFIX + "/retrieval", retrieval)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -12,6 +12,7 @@ import kopf
 from pydantic import ValidationError
 
 from modelflock.api.common import GROUP, VERSION, object_document
+from modelflock.api.knowledgebase import KnowledgeBase
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
@@ -24,6 +25,9 @@ from modelflock.render.policy import (
     compute_policy_status,
     config_hash,
     config_map_name,
+    expert_names,
+    knowledge_base_names,
+    knowledge_base_secrets,
     referenced_secrets,
     render_config_text,
     render_gateway_config,
@@ -107,6 +111,21 @@ async def load_experts(
     return found
 
 
+async def load_knowledge_bases(
+    ctx: OperatorContext, namespace: str, names: list[str]
+) -> dict[str, KnowledgeBase | None]:
+    found: dict[str, KnowledgeBase | None] = {}
+    for name in names:
+        raw = await ctx.kube.get(API_VERSION, "KnowledgeBase", name, namespace)
+        try:
+            found[name] = (
+                None if raw is None else KnowledgeBase.model_validate(object_document(raw))
+            )
+        except ValidationError:
+            found[name] = None
+    return found
+
+
 async def reconcile_policy(
     ctx: OperatorContext, key: ObjectKey, body: kopf.Body, logger: kopf.Logger
 ) -> None:
@@ -119,13 +138,17 @@ async def reconcile_policy(
         return
     namespace, name = key
     token = await ensure_token(ctx, policy)
-    ctx.policy_access[key] = PolicyAccess(token=token, experts=frozenset(policy.spec.experts))
+    bases = await load_knowledge_bases(ctx, namespace, knowledge_base_names(policy))
+    names = expert_names(policy, bases)
+    ctx.policy_access[key] = PolicyAccess(
+        token=token, experts=frozenset(names), knowledge_bases=frozenset(bases)
+    )
 
-    experts = await load_experts(ctx, namespace, list(policy.spec.experts))
+    experts = await load_experts(ctx, namespace, names)
     settings = RouterSettings(
         operator_url=ctx.config.operator_url, domain=ctx.config.service_domain
     )
-    config = render_router_config(policy, experts, settings)
+    config = render_router_config(policy, experts, settings, bases)
     text = render_config_text(config)
     digest = config_hash(text)
     data = {CONFIG_KEY: text}
@@ -146,7 +169,7 @@ async def reconcile_policy(
             "data": data,
         }
     )
-    key_files = referenced_secrets(experts)
+    key_files = sorted(set(referenced_secrets(experts)) | set(knowledge_base_secrets(bases)))
     if policy.spec.sidecar.inject:
         ctx.sidecar_plans[key] = SidecarPlan(
             container=sidecar_container(name, policy.spec, ctx.config.images.router, key_files),
@@ -177,7 +200,14 @@ async def reconcile_policy(
 
     previous = policy.status or RoutingPolicyStatus()
     status = compute_policy_status(
-        policy, experts, config_map_name(name), digest, previous, datetime.now(UTC)
+        policy,
+        experts,
+        config_map_name(name),
+        digest,
+        previous,
+        datetime.now(UTC),
+        bases,
+        ctx.retrieval_reports.get(key, {}),
     )
     status = _with_evaluation(ctx, key, policy, previous, status, body)
     _post_events(body, previous, status)

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from modelflock.api.conditions import set_condition
+from modelflock.api.conditions import remove_condition, set_condition
+from modelflock.api.knowledgebase import KnowledgeBase
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import (
     ExpertReadiness,
@@ -24,6 +25,8 @@ from modelflock.api.routingpolicy import (
 from modelflock.render.checks import parameter_count
 from modelflock.render.evaluation import render_evaluation
 from modelflock.render.expert import ExpertRef, service_endpoint
+from modelflock.render.knowledgebase import table_of
+from modelflock.retrieval.store import CREDENTIAL_KEYS
 
 CONFIG_KEY = "router.yaml"
 GATEWAY_CONFIG_KEY = "gateway.yaml"  # the same config, for the gateway: listen, client keys
@@ -117,6 +120,15 @@ def expert_entry(
 
 
 @dataclass(frozen=True)
+class StoreReport:
+    """A router's last word on a knowledge base's store (flock API POST .../retrieval)."""
+
+    reachable: bool
+    detail: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     """Operator-level facts the router config needs."""
 
@@ -124,23 +136,81 @@ class RouterSettings:
     domain: str = "svc.cluster.local"
 
 
+def knowledge_base_names(policy: RoutingPolicy) -> list[str]:
+    """The KnowledgeBases the policy's routes name, sorted, unique."""
+    return sorted({r.retrieval.knowledge_base for r in policy.spec.routes if r.retrieval})
+
+
+def expert_names(
+    policy: RoutingPolicy, knowledge_bases: Mapping[str, KnowledgeBase | None]
+) -> list[str]:
+    """The policy's experts, then the embedding experts of its knowledge bases."""
+    names = list(policy.spec.experts)
+    for kb in knowledge_bases.values():
+        if kb is not None and kb.spec.embedding.expert not in names:
+            names.append(kb.spec.embedding.expert)
+    return names
+
+
+def knowledge_base_entry(kb: KnowledgeBase) -> dict[str, Any]:
+    store = kb.spec.store
+    return {
+        "name": kb.metadata.name,
+        "secretDir": f"{SECRETS_DIR}/{store.read_only_secret}",
+        "table": table_of(kb),
+        "dimensions": kb.spec.embedding.dimensions,
+        "expert": kb.spec.embedding.expert,
+        "queryTimeoutMilliseconds": store.query_timeout_milliseconds,
+        "efSearch": store.hnsw_ef_search,
+    }
+
+
+def knowledge_base_secrets(
+    knowledge_bases: Mapping[str, KnowledgeBase | None],
+) -> list[tuple[str, str]]:
+    """(secret, key) pairs of the read-only store Secrets the router mounts."""
+    return sorted(
+        {
+            (kb.spec.store.read_only_secret, key)
+            for kb in knowledge_bases.values()
+            if kb is not None
+            for key in CREDENTIAL_KEYS
+        }
+    )
+
+
 def render_router_config(
-    policy: RoutingPolicy, experts: Mapping[str, ModelExpert | None], settings: RouterSettings
+    policy: RoutingPolicy,
+    experts: Mapping[str, ModelExpert | None],
+    settings: RouterSettings,
+    knowledge_bases: Mapping[str, KnowledgeBase | None] | None = None,
 ) -> dict[str, Any]:
     spec = policy.spec
     namespace = str(policy.metadata.namespace)
     name = policy.metadata.name
     classifier = spec.classifier.to_api()
+    bases = knowledge_bases or {}
+    routes = []
+    for route in spec.routes:
+        rendered = route.to_api()
+        if route.retrieval and bases.get(route.retrieval.knowledge_base) is None:
+            # Not there (yet): the route serves from its experts; the status says why.
+            rendered.pop("retrieval")
+        routes.append(rendered)
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": spec.sidecar.port},
         "models": ["auto", name],
         "experts": [
-            expert_entry(e, experts.get(e), namespace, settings.domain) for e in spec.experts
+            expert_entry(e, experts.get(e), namespace, settings.domain)
+            for e in expert_names(policy, bases)
         ],
         "classifier": classifier,
-        "routes": [route.to_api() for route in spec.routes],
+        "routes": routes,
         "defaults": spec.defaults.to_api(),
     }
+    found = [kb for _, kb in sorted(bases.items()) if kb is not None]
+    if found:
+        config["knowledgeBases"] = [knowledge_base_entry(kb) for kb in found]
     if spec.baseline:
         config["baseline"] = spec.baseline
     evaluation = render_evaluation(spec)
@@ -191,6 +261,44 @@ def _ready_replicas(expert: ModelExpert | None) -> int:
     return expert.status.ready_replicas or 0
 
 
+def retrieval_condition(
+    knowledge_bases: Mapping[str, KnowledgeBase | None], reports: Mapping[str, StoreReport]
+) -> tuple[bool, str, str]:
+    """(ok, reason, message) of the RetrievalReady condition: the knowledge bases exist and
+    are Ready, and no router reports its store unreachable."""
+    missing = sorted(n for n, kb in knowledge_bases.items() if kb is None)
+    if missing:
+        return (
+            False,
+            "KnowledgeBaseNotFound",
+            (
+                f"KnowledgeBases not found: {', '.join(missing)}; their routes are served by"
+                " their experts"
+            ),
+        )
+    for name, kb in sorted(knowledge_bases.items()):
+        assert kb is not None
+        ready = next(
+            (c for c in (kb.status.conditions if kb.status else []) if c.type == "Ready"), None
+        )
+        if ready is None or ready.status != "True":
+            reason = ready.reason if ready is not None else "NotIngested"
+            detail = ready.message if ready is not None else "not ingested yet"
+            return False, reason, f"KnowledgeBase {name}: {detail}"
+    down = sorted((n, r) for n, r in reports.items() if not r.reachable and n in knowledge_bases)
+    if down:
+        text = "; ".join(f"{n}: {r.detail} (since {r.at:%Y-%m-%dT%H:%M:%SZ})" for n, r in down)
+        return (
+            False,
+            "StoreUnreachable",
+            (
+                f"routers report the store unreachable: {text}; requests fall through to the"
+                " routes' experts"
+            ),
+        )
+    return True, "StoreReachable", f"knowledge bases {', '.join(sorted(knowledge_bases))} ready"
+
+
 def compute_policy_status(
     policy: RoutingPolicy,
     experts: Mapping[str, ModelExpert | None],
@@ -198,6 +306,8 @@ def compute_policy_status(
     digest: str,
     previous: RoutingPolicyStatus | None,
     now: datetime,
+    knowledge_bases: Mapping[str, KnowledgeBase | None] | None = None,
+    reports: Mapping[str, StoreReport] | None = None,
 ) -> RoutingPolicyStatus:
     spec = policy.spec
     generation = int(policy.metadata.generation or 0)
@@ -242,6 +352,19 @@ def compute_policy_status(
         observed_generation=generation,
         now=now,
     )
+    if knowledge_bases:
+        ok, reason, message = retrieval_condition(knowledge_bases, reports or {})
+        conditions = set_condition(
+            conditions,
+            type="RetrievalReady",
+            status="True" if ok else "False",
+            reason=reason,
+            message=message[:2048],
+            observed_generation=generation,
+            now=now,
+        )
+    else:
+        conditions = remove_condition(conditions, "RetrievalReady")
     return RoutingPolicyStatus(
         observed_generation=generation,
         conditions=conditions,

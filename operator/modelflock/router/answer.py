@@ -151,7 +151,7 @@ def handoff_text(mode: str, draft: str, passages: Sequence[Passage], max_tokens:
     budget = max_tokens * 4  # characters
     head = (
         "A smaller model attempted this request; its draft was not good enough to return"
-        " as is. Use it and the passages below if they help; answer the user directly."
+        " as is. Use what helps below; answer the user directly."
     )
     parts = [head]
     draft_part = f"Draft answer:\n{draft.strip()}" if draft.strip() else ""
