@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -30,6 +32,7 @@ sys.path[:0] = [str(REPO / "tests" / "cluster"), str(REPO / "tests")]
 
 from localcluster import LocalCluster, stop_process_group  # noqa: E402
 
+from modelflock.retrieval.localpg import LocalPostgres  # noqa: E402
 from support import OperatorProcess, free_port, wait_for  # noqa: E402
 
 NAMESPACE = "modelflock-demo"
@@ -52,6 +55,7 @@ class SimProfile:
     replies: dict[str, str] = field(default_factory=dict)
     degraded_rate: float = 0.0  # answer quality (shadow evaluation judges it)
     judge: bool = False  # answers judge prompts (the frontier judges shadow samples)
+    engine_args: tuple[str, ...] = ()
 
     def args(self, host: str, port: int, model: str) -> list[str]:
         extra = ["--judge"] if self.judge else []
@@ -79,6 +83,7 @@ class SimProfile:
             "--degraded-rate",
             str(self.degraded_rate),
             *extra,
+            *self.engine_args,
         ]
 
 
@@ -100,7 +105,11 @@ PROFILES: dict[str, SimProfile] = {
         },
         degraded_rate=0.05,
     ),
-    "embed-small": SimProfile(max_batch=64, decode_ms=1),
+    # A real embedding model (all-MiniLM-L6-v2 on CPU, 384 dims): it embeds the `facts`
+    # knowledge base and the queries looked up in it.
+    "embed-small": SimProfile(
+        max_batch=64, decode_ms=1, engine_args=("--embedding-model", "minilm")
+    ),
     "code-7b": SimProfile(
         max_batch=4,
         prefill_ms=20,
@@ -249,6 +258,7 @@ class Portfolio:
     router: subprocess.Popen[bytes] | None = None
     router_port: int = field(default_factory=free_port)
     frontier_port: int = field(default_factory=free_port)
+    postgres: LocalPostgres | None = None
 
     @property
     def router_url(self) -> str:
@@ -265,6 +275,8 @@ class Portfolio:
         self.helm_install()
         self.say("running the operator with the configuration the chart rendered")
         self.start_operator()
+        self.say("starting PostgreSQL with pgvector on 127.0.0.1 (the `facts` knowledge base)")
+        self.start_postgres()
         self.say(f"applying the example portfolio (deploy/examples) into namespace {NAMESPACE}")
         self.start_frontier()
         self.apply_examples()
@@ -273,12 +285,32 @@ class Portfolio:
         self.say("waiting for the experts to become Ready on their GPU pools")
         wait_for(self.experts_ready, "every expert Ready", 120)
         wait_for(lambda: self.policy_ready(), "RoutingPolicy portfolio Ready", 60)
+        self.say("ingesting the `facts` KnowledgeBase (embed-small embeds it into pgvector)")
+        wait_for(self.knowledge_base_ready, "KnowledgeBase facts Ready", 180)
         # kwok marks pods Ready at once; make sure each has its engine (and canned replies).
         self.fleet.sync()
         self.say(
             "starting the router with the config the operator rendered for RoutingPolicy portfolio"
         )
         self.start_router()
+
+    def start_postgres(self) -> None:
+        # Under /tmp, readable by the unprivileged user the server runs as when we are root.
+        root = Path(tempfile.mkdtemp(prefix="modelflock-demo-pg-"))
+        root.chmod(0o755)
+        self.postgres = LocalPostgres(root / "pg")
+        self.postgres.start()
+
+    def knowledge_base(self) -> dict[str, Any]:
+        assert self.cluster is not None
+        found: dict[str, Any] = json.loads(
+            self.cluster.kubectl("get", "knowledgebase", "facts", "-n", NAMESPACE, "-o", "json")
+        )
+        return found
+
+    def knowledge_base_ready(self) -> bool:
+        conditions = self.knowledge_base().get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     def helm(self, *args: str) -> str:
         assert self.cluster is not None
@@ -381,6 +413,11 @@ class Portfolio:
                 name = doc["metadata"]["name"]
                 if doc["kind"] == "Secret" and name == "frontier-api-key":
                     doc["stringData"] = {"api-key": DEMO_API_KEY}
+                if doc["kind"] == "Secret" and name in ("facts-store", "facts-store-readonly"):
+                    # The local PostgreSQL's writer (operator) and reader (routers).
+                    assert self.postgres is not None
+                    creds = self.postgres.writer if name == "facts-store" else self.postgres.reader
+                    doc["stringData"] = creds.secret_data()
                 if doc["kind"] == "ModelExpert" and name == "frontier":
                     # The demo's frontier API is a simulated one on loopback.
                     doc["spec"]["external"]["baseURL"] = f"http://127.0.0.1:{self.frontier_port}/v1"
@@ -454,6 +491,10 @@ class Portfolio:
         for expert in config["experts"]:
             if "apiKeyFile" in expert:
                 expert["apiKeyFile"] = str(self.workdir / "frontier-key")
+        for kb in config.get("knowledgeBases", []):
+            # The read-only Secret as the pod would mount it (one file per key).
+            assert self.postgres is not None
+            kb["secretDir"] = str(self.postgres.reader.write_dir(self.workdir / "facts-readonly"))
         config["listen"] = {"host": "127.0.0.1", "port": self.router_port}
         return config
 
@@ -567,6 +608,10 @@ class Portfolio:
             self.operator.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        if self.postgres is not None:
+            root = self.postgres.root.parent
+            self.postgres.destroy()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

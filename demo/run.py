@@ -24,7 +24,14 @@ import workload  # noqa: E402
 from portfolio import NAMESPACE, Portfolio, wait_for  # noqa: E402
 
 from modelflock.router.quality import format_quality, tallies_from_policy  # noqa: E402
-from modelflock.router.report import format_table, summarize, total  # noqa: E402
+from modelflock.router.report import (  # noqa: E402
+    HandoffRow,
+    format_retrieval,
+    format_table,
+    summarize,
+    summarize_retrieval,
+    total,
+)
 
 
 def say(message: str) -> None:
@@ -44,6 +51,30 @@ def experts_table(portfolio: Portfolio) -> list[str]:
             f"  {expert['metadata']['name']:<14} {spec['engine']:<9} {spec.get('tier', ''):<9}"
             f" {spec.get('nodePool', '-'):<6} {status.get('replicaSummary') or '-':>8}  {ready:<5}"
             f"  {status.get('lastScaleReason', '')}"
+        )
+    return lines
+
+
+def knowledge_base_lines(
+    portfolio: Portfolio, records: list[workload.Record], handoffs: list[HandoffRow]
+) -> list[str]:
+    """The KnowledgeBase's status, lookups answered without an LLM, what handoff added."""
+    status = portfolio.knowledge_base().get("status", {})
+    lookups = [r for r in records if r.kind == "lookup"]
+    from_kb = [r for r in lookups if r.expert.startswith("kb:")]
+    lines = [
+        f"  KnowledgeBase facts: {status.get('documents')} documents, {status.get('chunks')}"
+        f" chunks in {status.get('table')}, last ingest {status.get('lastIngestTime')}",
+        f"  lookups answered from the knowledge base (no LLM): {len(from_kb)}/{len(lookups)}",
+    ]
+    tokens = sum(h.tokens for h in handoffs)
+    escalations = sum(h.handoffs for h in handoffs)
+    if escalations:
+        # The frontier's input price (deploy/examples/50-frontier.yaml): $2.50 per million.
+        lines.append(
+            f"  handoff: {escalations:.0f} escalations gave the bigger expert {tokens:.0f}"
+            f" tokens of draft and passages (~{tokens / escalations:.0f} per escalation,"
+            f" ${tokens * 2.5 / 1e6:.6f} of input at the frontier's price)"
         )
     return lines
 
@@ -124,9 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         for event in portfolio.scale_events():
             stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]
             print(f"  {stamp}  {event['involvedObject']['name']:<14} {event['message']}")
-        rows = summarize(portfolio.router_metrics())
+        metrics = portfolio.router_metrics()
+        rows = summarize(metrics)
         print("\n== Cost by route (modelflock report, from the router's /metrics)")
         print("\n".join("  " + line for line in format_table(rows).splitlines()))
+        retrieval, handoffs = summarize_retrieval(metrics)
+        print("\n== Retrieval and handoff (modelflock report)")
+        print("\n".join("  " + line for line in format_retrieval(retrieval, handoffs).splitlines()))
+        print("\n".join(knowledge_base_lines(portfolio, records, handoffs)))
         overall = total(rows)
         print(
             f"\n  {overall.requests:.0f} requests cost ${overall.cost:.6f}"

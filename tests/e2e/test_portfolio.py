@@ -122,7 +122,8 @@ def test_experts_are_ready_on_their_pools(portfolio: Portfolio) -> None:
             "summarize-tgi",
             "summarize",
         ),
-        ("What is the capital of France?", "intent-small", "chat"),
+        # A lookup: answered from the `facts` KnowledgeBase (pgvector), no LLM.
+        ("What is the capital of France?", "kb:facts", "chat"),
     ],
 )
 def test_requests_reach_the_expected_expert(
@@ -134,10 +135,31 @@ def test_requests_reach_the_expected_expert(
     assert headers["x-modelflock-route"] == route
 
 
-def test_a_refusal_escalates_to_the_frontier(client: openai.OpenAI, ledger: Ledger) -> None:
+def test_a_refusal_escalates_to_the_frontier(
+    portfolio: Portfolio, client: openai.OpenAI, ledger: Ledger
+) -> None:
     _, headers = ledger.ask(client, "[hard] What is the meaning of this riddle?", max_tokens=64)
     assert headers["x-modelflock-expert"] == "frontier"
     assert int(headers["x-modelflock-escalations"]) >= 1
+    if headers["x-modelflock-route"] == "chat":  # the route with retrieval and handoff
+        assert headers["x-modelflock-retrieval"] == "miss"
+        handed = [
+            line
+            for line in portfolio.router_metrics().splitlines()
+            if line.startswith("modelflock_router_handoffs_total")
+        ]
+        assert handed and float(handed[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_a_lookup_streams_from_the_knowledge_base(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Who wrote Pride and Prejudice?"}],
+        stream=True,
+    )
+    assert raw.headers["x-modelflock-retrieval"] == "hit"
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert "Jane Austen" in text and "configmap/facts/facts.jsonl#pride" in text
 
 
 def test_streaming_passes_through_with_usage(

@@ -125,6 +125,14 @@ async def test_answer_from_the_store_without_an_llm(
     assert answer.model_extra and answer.model_extra["modelflock_sources"][0]["id"] == (
         "configmap/facts/capital"
     )
+    assert float(raw.headers["x-modelflock-cost"]) > 0  # the query's embedding
+    assert float(raw.headers["x-modelflock-baseline-cost"]) > float(
+        raw.headers["x-modelflock-cost"]
+    )
+    again = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": QUESTION}]
+    )
+    assert float(again.headers["x-modelflock-cost"]) == 0.0  # a repeated query: cached vector
     # Streaming: the same answer in pieces, with usage when asked.
     stream = await client.chat.completions.create(
         model="auto",
@@ -143,7 +151,7 @@ async def test_answer_from_the_store_without_an_llm(
     assert "Canberra" in completion.choices[0].text
     assert flock.sims["big"].stats.requests == 0  # no LLM was called
     text_metrics = await metrics_text(await flock.http(), router)
-    assert metric(text_metrics, "modelflock_router_retrievals_total", outcome="hit") == 3
+    assert metric(text_metrics, "modelflock_router_retrievals_total", outcome="hit") == 4
     assert metric(text_metrics, "modelflock_router_retrieval_saved_usd_total") > 0
     # The query embeddings were paid for.
     assert metric(text_metrics, "modelflock_router_cost_usd_total", expert="embed") > 0

@@ -9,12 +9,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from modelflock.api import ModelExpert, RoutingPolicy
+from modelflock.api import KnowledgeBase, ModelExpert, RoutingPolicy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
-KIND_MODELS: dict[str, type[ModelExpert] | type[RoutingPolicy]] = {
+KIND_MODELS: dict[str, type[ModelExpert] | type[RoutingPolicy] | type[KnowledgeBase]] = {
     "ModelExpert": ModelExpert,
     "RoutingPolicy": RoutingPolicy,
+    "KnowledgeBase": KnowledgeBase,
 }
 
 

@@ -335,3 +335,33 @@ def test_policy_renders_knowledge_bases_for_the_router() -> None:
     missing = render_router_config(policy, {}, settings, {"facts": None})
     assert "retrieval" not in missing["routes"][0] and "knowledgeBases" not in missing
     parse_config(render_config_text(missing))
+
+
+RETRIEVAL_METRICS = """
+# TYPE modelflock_router_retrievals counter
+modelflock_router_retrievals_total{knowledge_base="facts",outcome="hit",route="chat"} 5.0
+modelflock_router_retrievals_total{knowledge_base="facts",outcome="miss",route="chat"} 2.0
+modelflock_router_retrievals_total{knowledge_base="facts",outcome="unavailable",route="chat"} 1.0
+# TYPE modelflock_router_requests counter
+modelflock_router_requests_total{code="200",expert="kb:facts",intent="chat",route="chat"} 5.0
+modelflock_router_requests_total{code="200",expert="big",intent="chat",route="chat"} 3.0
+# TYPE modelflock_router_retrieval_saved_usd counter
+modelflock_router_retrieval_saved_usd_total{knowledge_base="facts",route="chat"} 0.004
+# TYPE modelflock_router_retrieval_embedding_cost_usd counter
+modelflock_router_retrieval_embedding_cost_usd_total{knowledge_base="facts",route="chat"} 1e-06
+# TYPE modelflock_router_handoffs counter
+modelflock_router_handoffs_total{mode="context",route="chat"} 2.0
+# TYPE modelflock_router_handoff_tokens counter
+modelflock_router_handoff_tokens_total{mode="context",route="chat"} 180.0
+"""
+
+
+def test_report_shows_retrieval_and_handoff() -> None:
+    from modelflock.router.report import format_retrieval, summarize_retrieval
+
+    [row], [handoff] = summarize_retrieval(RETRIEVAL_METRICS)
+    assert (row.hits, row.misses, row.unavailable, row.answered) == (5, 2, 1, 5)
+    assert row.saved == pytest.approx(0.004) and row.embedding_cost == pytest.approx(1e-6)
+    assert (handoff.mode, handoff.handoffs, handoff.tokens) == ("context", 2, 180)
+    text = format_retrieval([row], [handoff])
+    assert "facts" in text and "0.004000" in text and "180" in text

@@ -113,6 +113,9 @@ class Embedding(ApiModel):
         ge=2, le=16000, description="Length of its vectors (the store's vector column)."
     )
     batch_size: int = Field(default=32, ge=1, le=2048, description="Texts per embedding call.")
+    parallelism: int = Field(
+        default=2, ge=1, le=16, description="Embedding calls in flight during an ingest."
+    )
     max_retries: int = Field(
         default=4, ge=0, le=20, description="Retries of a failed embedding call (backoff)."
     )

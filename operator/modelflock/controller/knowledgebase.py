@@ -34,6 +34,7 @@ from modelflock.retrieval.ingest import IngestSettings, ingest
 from modelflock.retrieval.store import ConnectionInfo, DimensionMismatch, WriteStore
 
 API_VERSION = f"{GROUP}/{VERSION}"
+RETRY_SECONDS = 10
 
 
 def _decode(manifest: dict[str, Any], secret: bool) -> dict[str, str]:
@@ -154,6 +155,7 @@ async def run_pass(
             fingerprint=f"{spec.embedding.expert}:{embedder.model}:{spec.chunking.size}:"
             f"{spec.chunking.overlap}",
             markdown_ids=markdown,
+            parallelism=spec.embedding.parallelism,
         )
         started = False
 
@@ -225,4 +227,6 @@ async def reconcile_knowledge_base(
     outcome = "degraded" if degraded else "ok"
     ctx.metrics.reconciles.labels(KIND, outcome).inc()
     ctx.metrics.reconcile_seconds.labels(KIND).observe(time.monotonic() - started)
-    return float(kb.spec.resync_seconds)
+    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions)
+    # A pass that could not finish is tried again soon (the store or embedder may be starting).
+    return float(kb.spec.resync_seconds if ready else min(kb.spec.resync_seconds, RETRY_SECONDS))

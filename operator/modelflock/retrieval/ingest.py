@@ -4,6 +4,7 @@ transaction with its chunks), so a pass cut anywhere resumes with what is left."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class IngestSettings:
     dimensions: int
     fingerprint: str  # what else changes every embedding (expert, model, chunking)
     markdown_ids: frozenset[str] = frozenset()  # documents chunked at headings
+    parallelism: int = 1  # embedding calls in flight (writes stay sequential, in order)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,9 @@ async def ingest(
         chunk_document(d, settings.size, settings.overlap, d.doc_id in settings.markdown_ids)
         for d in plan.embed
     ]
-    embedded_chunks = 0
-    done = 0
-    for group in batches([len(c) for c in chunked], settings.batch_size):
+    groups = batches([len(c) for c in chunked], settings.batch_size)
+
+    async def embed_group(group: list[int]) -> list[list[float]]:
         texts = [f"{c.title}\n{c.text}" if c.title else c.text for i in group for c in chunked[i]]
         vectors = await _embed_all(embed, texts, settings.batch_size)
         for vector in vectors:
@@ -74,17 +76,38 @@ async def ingest(
                     f"spec.embedding.dimensions is {settings.dimensions} but the embedding"
                     f" expert returns {len(vector)}-dimensional vectors"
                 )
-        at = 0
-        for i in group:
-            doc, chunks = plan.embed[i], chunked[i]
-            await store.replace_document(
-                doc, hashes[doc.doc_id], chunks, vectors[at : at + len(chunks)]
-            )
-            at += len(chunks)
-            embedded_chunks += len(chunks)
-            done += 1
-        if progress is not None:
-            await progress(done, len(plan.embed))
+        return vectors
+
+    embedded_chunks = 0
+    done = 0
+    # Up to `parallelism` groups are embedded at once; each is written, in order, as soon as
+    # it and the ones before it are done. A failure cancels the rest.
+    pending: list[tuple[list[int], asyncio.Task[list[list[float]]]]] = []
+    window = max(1, settings.parallelism)
+    try:
+        for index in range(len(groups) + window):
+            if index < len(groups):
+                group = groups[index]
+                pending.append((group, asyncio.create_task(embed_group(group))))
+            if not pending or (len(pending) < window and index < len(groups)):
+                continue
+            group, task = pending.pop(0)
+            vectors = await task
+            at = 0
+            for i in group:
+                doc, chunks = plan.embed[i], chunked[i]
+                await store.replace_document(
+                    doc, hashes[doc.doc_id], chunks, vectors[at : at + len(chunks)]
+                )
+                at += len(chunks)
+                embedded_chunks += len(chunks)
+                done += 1
+            if progress is not None:
+                await progress(done, len(plan.embed))
+    finally:
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
     documents_count, chunks_count = await store.counts()
     return IngestResult(
         documents=documents_count,

@@ -9,6 +9,7 @@ import json
 import sys
 import urllib.request
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,119 @@ def format_table(rows: list[RouteRow]) -> str:
     )
 
 
+@dataclass
+class RetrievalRow:
+    route: str
+    knowledge_base: str
+    hits: float = 0.0
+    misses: float = 0.0
+    unavailable: float = 0.0
+    answered: float = 0.0  # requests answered from the knowledge base (no LLM)
+    embedding_cost: float = 0.0
+    saved: float = 0.0
+
+
+@dataclass
+class HandoffRow:
+    route: str
+    mode: str
+    handoffs: float = 0.0
+    tokens: float = 0.0
+
+
+def summarize_retrieval(text: str) -> tuple[list[RetrievalRow], list[HandoffRow]]:
+    """Knowledge-base lookups per route and handoffs per route, from exposition text."""
+    rows: dict[tuple[str, str], RetrievalRow] = {}
+    handoffs: dict[tuple[str, str], HandoffRow] = {}
+    answered: dict[tuple[str, str], float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            name, labels, value = sample.name.removesuffix("_total"), sample.labels, sample.value
+            route = labels.get("route", "")
+            if name == f"{_P}requests" and labels.get("expert", "").startswith("kb:"):
+                answered[(route, labels["expert"][3:])] += value
+                continue
+            if name in (f"{_P}handoffs", f"{_P}handoff_tokens"):
+                h = handoffs.setdefault((route, labels["mode"]), HandoffRow(route, labels["mode"]))
+                if name == f"{_P}handoffs":
+                    h.handoffs += value
+                else:
+                    h.tokens += value
+                continue
+            kb = labels.get("knowledge_base")
+            if kb is None:
+                continue
+            row = rows.setdefault((route, kb), RetrievalRow(route, kb))
+            if name == f"{_P}retrievals":
+                outcome = labels.get("outcome")
+                if outcome == "hit":
+                    row.hits += value
+                elif outcome == "miss":
+                    row.misses += value
+                else:
+                    row.unavailable += value
+            elif name == f"{_P}retrieval_embedding_cost_usd":
+                row.embedding_cost += value
+            elif name == f"{_P}retrieval_saved_usd":
+                row.saved += value
+    for key, count in answered.items():
+        rows.setdefault(key, RetrievalRow(*key)).answered = count
+    return (
+        sorted(rows.values(), key=lambda r: (r.route, r.knowledge_base)),
+        sorted(handoffs.values(), key=lambda h: (h.route, h.mode)),
+    )
+
+
+def format_retrieval(rows: list[RetrievalRow], handoffs: list[HandoffRow]) -> str:
+    lines = []
+    if rows:
+        header = (
+            "route",
+            "knowledge base",
+            "hits",
+            "misses",
+            "unavail.",
+            "answered (no LLM)",
+            "embed $",
+            "saved $",
+        )
+        table: list[tuple[str, ...]] = [header]
+        table += [
+            (
+                r.route,
+                r.knowledge_base,
+                f"{r.hits:.0f}",
+                f"{r.misses:.0f}",
+                f"{r.unavailable:.0f}",
+                f"{r.answered:.0f}",
+                f"{r.embedding_cost:.6f}",
+                f"{r.saved:.6f}",
+            )
+            for r in rows
+        ]
+        lines += _aligned(table)
+    if handoffs:
+        if lines:
+            lines.append("")
+        handed: list[tuple[str, ...]] = [("route", "handoff", "escalations", "tokens handed over")]
+        handed += [(h.route, h.mode, f"{h.handoffs:.0f}", f"{h.tokens:.0f}") for h in handoffs]
+        lines += _aligned(handed)
+    return "\n".join(lines)
+
+
+def _aligned(table: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  ".join(
+            cell.rjust(w) if i > 1 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "report",
@@ -194,6 +308,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.quality:
         rows = summarize(text)
         print(format_table(rows) if rows else "no routed requests in these metrics")
+        retrieval, handoffs = summarize_retrieval(text)
+        if retrieval or handoffs:
+            print("\n== Retrieval and handoff")
+            print(format_retrieval(retrieval, handoffs))
         if not tallies:
             return 0
         print("\n== Quality (shadow evaluation)")

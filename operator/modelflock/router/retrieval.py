@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 Report = Callable[[str, bool, str], None]  # knowledge base, reachable, detail
+_VECTOR_CACHE_SIZE = 4096
 
 
 class StoreUnavailable(Exception):
@@ -69,6 +71,9 @@ class RetrievalStep:
         self.metrics = metrics
         self.report = report
         self._stores: dict[str, _Store] = {}
+        # Recent query vectors (lookups repeat): (model, urls, text) → vector, least recent
+        # first. A repeated query costs no embedding call.
+        self._vectors: OrderedDict[tuple[str, tuple[str, ...], str], list[float]] = OrderedDict()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ the store
@@ -115,6 +120,20 @@ class RetrievalStep:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from None
 
     async def _embed(self, job: Job, kb: KnowledgeBase) -> tuple[list[float], int]:
+        """The query's vector and the tokens paid for it (0 when it came from the cache)."""
+        expert = job.state.experts[kb.expert]
+        key = (expert.config.model, tuple(expert.config.urls), job.parsed.prompt)
+        cached = self._vectors.get(key)
+        if cached is not None:
+            self._vectors.move_to_end(key)
+            return cached, 0
+        vector, tokens = await self._embed_remote(job, kb)
+        self._vectors[key] = vector
+        if len(self._vectors) > _VECTOR_CACHE_SIZE:
+            self._vectors.popitem(last=False)
+        return vector, tokens
+
+    async def _embed_remote(self, job: Job, kb: KnowledgeBase) -> tuple[list[float], int]:
         expert = job.state.experts[kb.expert]
         payload = {
             "model": expert.config.model,
