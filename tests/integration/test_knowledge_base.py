@@ -267,12 +267,12 @@ def run_router(
     config["listen"] = {"host": "127.0.0.1", "port": 0}
     path = workdir / "router.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = (workdir / "router.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelflock", "router", "--config", str(path), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    with (workdir / "router.log").open("wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelflock", "router", "--config", str(path), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     assert "listening on" in line, (workdir / "router.log").read_text()
@@ -354,6 +354,8 @@ def test_store_stopped_degrades_and_routers_fall_through(
     finally:
         router.terminate()
         router.wait(10)
+        if router.stdout is not None:
+            router.stdout.close()
         llm.stop()
 
 
