@@ -151,17 +151,6 @@ def test_a_refusal_escalates_to_the_frontier(
         assert handed and float(handed[0].rsplit(" ", 1)[1]) >= 1
 
 
-def test_a_lookup_streams_from_the_knowledge_base(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(
-        model="auto",
-        messages=[{"role": "user", "content": "Who wrote Pride and Prejudice?"}],
-        stream=True,
-    )
-    assert raw.headers["x-modelflock-retrieval"] == "hit"
-    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-    assert "Jane Austen" in text and "configmap/facts/facts.jsonl#pride" in text
-
-
 def test_streaming_passes_through_with_usage(
     portfolio: Portfolio, client: openai.OpenAI, ledger: Ledger
 ) -> None:
@@ -300,3 +289,15 @@ def test_shadow_evaluation_recommends_what_the_simulated_qualities_justify(
     ), advice
     reasons = {e["reason"] for e in portfolio.recommendation_events()}
     assert {"RecommendMoveDown", "RecommendEscalate"} <= reasons
+
+
+def test_a_lookup_streams_from_the_knowledge_base(client: openai.OpenAI) -> None:
+    # After the report test: a stream carries no cost header for the ledger to add up.
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Who wrote Pride and Prejudice?"}],
+        stream=True,
+    )
+    assert raw.headers["x-modelflock-retrieval"] == "hit"
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert "Jane Austen" in text and "configmap/facts/facts.jsonl#pride" in text

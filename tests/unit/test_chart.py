@@ -245,6 +245,7 @@ def test_default_objects(default_docs: list[dict[str, Any]]) -> None:
             "ConfigMap",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "MutatingWebhookConfiguration",
             "Pod",
@@ -274,6 +275,7 @@ def test_full_objects(full_docs: list[dict[str, Any]]) -> None:
             "ClusterRoleBinding",
             "ConfigMap",
             "ConfigMap",
+            "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
@@ -803,4 +805,4 @@ def test_plain_manifests_content() -> None:
     assert "Secret" not in found  # no private key in git: cert-manager issues it
     assert "Pod" not in found  # the `helm test` hook is not a GitOps object
     assert {"Certificate", "Issuer", "MutatingWebhookConfiguration", "Deployment"} <= set(found)
-    assert found.count("CustomResourceDefinition") == 2
+    assert found.count("CustomResourceDefinition") == 3
