@@ -62,7 +62,7 @@ def external_expert(name: str, url: str, model: str, **extra: Any) -> dict[str, 
         "metadata": {"name": name},
         "spec": {
             "engine": "external",
-            "external": {"baseURL": f"{url}/v1", "model": model},
+            "external": {"baseURL": f"{url}/v1", "model": model, "allowPlainHttp": True},
             **extra,
         },
     }
