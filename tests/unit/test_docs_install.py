@@ -108,7 +108,7 @@ def test_examples_apply_no_secrets() -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             assert not doc or doc["kind"] != "Secret", path
     secrets = sorted(p.name for p in (REPO / "deploy" / "examples" / "secrets").glob("*.yaml"))
-    assert secrets == ["frontier-api-key.yaml", "hf-token.yaml"]
+    assert secrets == ["facts-store.yaml", "frontier-api-key.yaml", "hf-token.yaml"]
 
 
 def test_install_doc_links_resolve() -> None:

@@ -107,9 +107,8 @@ class RetrievalStep:
             return store.pool
 
     async def _search(
-        self, job: Job, kb: KnowledgeBase, vector: list[float], top_k: int
+        self, pool: asyncpg.Pool, kb: KnowledgeBase, vector: list[float], top_k: int
     ) -> list[Passage]:
-        pool = await self._pool(kb, job.state.fingerprint)
         seconds = kb.query_timeout_milliseconds / 1000
         try:
             async with asyncio.timeout(seconds):
@@ -174,10 +173,12 @@ class RetrievalStep:
             self.metrics.retrievals.inc((job.route, kb.name, "unavailable"))
             return None
         try:
+            # The pool first: a store that cannot be reached costs no embedding call.
+            pool = await self._pool(kb, job.state.fingerprint)
             vector, tokens = await self._embed(job, kb)
             # The query's embedding is paid for whatever happens next.
             self._charge_embedding(job, kb, tokens)
-            passages = await self._search(job, kb, vector, spec.top_k)
+            passages = await self._search(pool, kb, vector, spec.top_k)
         except StoreUnavailable as exc:
             self._stores.setdefault(kb.name, _Store()).skip_until = (
                 loop.time() + kb.retry_after_seconds
