@@ -278,11 +278,20 @@ def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) 
 
 
 def router_config(
-    path: Path, fast: str, slow: str, candidate: str | None = None, rate: float = 0.0
+    path: Path,
+    fast: str,
+    slow: str,
+    candidate: str | None = None,
+    rate: float = 0.0,
+    limits: bool = True,
 ) -> None:
     """The benchmark's router; with `candidate`, shadow evaluation samples `rate` of answers
-    to it (it also judges them)."""
+    to it (it also judges them). With `limits`, the concurrency and connection caps are raised
+    so the 1,000-stream phase is admitted (leave it out for a tree from before the caps)."""
     extra: dict[str, object] = {}
+    defaults: dict[str, object] = {"maxWaitingRequests": 2000}
+    if limits:
+        defaults |= {"maxConcurrentRequests": 2000, "maxConnections": 4096}
     if candidate is not None:
         extra = {
             "evaluation": {
@@ -327,7 +336,7 @@ def router_config(
                     {"name": "code", "match": {"intents": ["code"]}, "expert": "fast"},
                     {"name": "other", "expert": "fast"},
                 ],
-                "defaults": {"maxWaitingRequests": 2000},
+                "defaults": defaults,
             }
         )
     )
@@ -591,7 +600,10 @@ def main() -> int:
                     targets.append(shadow)
                 if args.compare_tree is not None:
                     tree = args.compare_tree.resolve()
+                    other_config = work / "router-other.json"
+                    router_config(other_config, fast, slow, limits=False)
                     other_cmd = [*router_cmd[:-6], "--port", str(other_port), *router_cmd[-4:]]
+                    other_cmd[other_cmd.index(str(work / "router.json"))] = str(other_config)
                     other = stack.enter_context(
                         process(
                             other_cmd,
