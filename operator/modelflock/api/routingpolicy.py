@@ -298,6 +298,26 @@ class RouterDefaults(ApiModel):
     max_body_bytes: int = Field(
         default=4_194_304, ge=1024, le=104_857_600, description="Largest request body accepted."
     )
+    max_concurrent_requests: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="OpenAI requests in progress per router; more are answered 503 with"
+        " Retry-After. Each takes up to 128 KiB of the container's memory (docs/router.md).",
+    )
+    max_buffered_bytes: int = Field(
+        default=33_554_432,
+        ge=1_048_576,
+        le=17_179_869_184,
+        description="Memory budget of a router for request bodies, their parsed JSON and"
+        " buffered answers; the default fits the default 128Mi memory limit.",
+    )
+    max_answer_bytes: int = Field(
+        default=16_777_216,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest non-streaming answer a router reads from an expert.",
+    )
 
 
 class SidecarSpec(ApiModel):
