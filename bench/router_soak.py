@@ -175,11 +175,14 @@ class Minute:
 class Soak:
     url: str
     pid: int
+    seconds: float
     minutes: list[Minute] = field(default_factory=list)
     started: float = 0.0
 
     def minute(self) -> Minute:
-        index = int((time.monotonic() - self.started) // 60)
+        # What finishes after the end (answers still on their way) counts in the last minute.
+        last = max(0, int((self.seconds - 1) // 60))
+        index = min(last, int((time.monotonic() - self.started) // 60))
         while len(self.minutes) <= index:
             self.minutes.append(Minute())
         return self.minutes[index]
@@ -311,7 +314,8 @@ def report(soak: Soak, capacity: int, rate: float, cgroup: MemoryCgroup | None, 
     for m in soak.minutes:
         codes.update(m.codes)
         extras.update(m.extras)
-    rss = [r for m in soak.minutes for r in m.rss]
+    rss = [r for m in soak.minutes for r in m.rss] or [0.0]
+    sampled = [m for m in soak.minutes if m.rss] or [Minute(rss=[0.0])]
     total = sum(codes.values())
     lines += [
         "",
@@ -322,8 +326,8 @@ def report(soak: Soak, capacity: int, rate: float, cgroup: MemoryCgroup | None, 
         + (", ".join(f"{k} {v}" for k, v in codes.items() if k not in ("200", "503")) or "none"),
         f"admitted latency: p50 {percentile(admitted, 50):.0f} ms, p99"
         f" {percentile(admitted, 99):.0f} ms, max {max(admitted, default=0):.0f} ms",
-        f"router RSS: first minute {statistics.mean(soak.minutes[0].rss):.0f} MiB, last minute"
-        f" {statistics.mean(soak.minutes[-1].rss):.0f} MiB, max {max(rss):.0f} MiB",
+        f"router RSS: first minute {statistics.mean(sampled[0].rss):.0f} MiB, last minute"
+        f" {statistics.mean(sampled[-1].rss):.0f} MiB, max {max(rss):.0f} MiB",
         "attacks: " + ", ".join(f"{k} {v}" for k, v in sorted(extras.items())),
         f"router alive at the end: {'yes' if alive else 'NO'}",
     ]
@@ -399,7 +403,7 @@ def main() -> int:
                 wait_http(f"{url}/healthz")
                 rate = 2 * asyncio.run(_capacity(url, args.capacity))
                 print(f"offering {rate:.0f} req/s for {args.seconds:.0f} s", file=sys.stderr)
-                soak = Soak(url, router.pid)
+                soak = Soak(url, router.pid, args.seconds)
                 asyncio.run(soak_run(soak, rate, args.seconds))
                 alive = router.poll() is None
                 print(report(soak, args.capacity, rate, cgroup, alive))
