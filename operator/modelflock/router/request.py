@@ -88,12 +88,16 @@ def _finite(text: str) -> float:
     return value
 
 
+# One decoder for every request (json.loads with hooks builds a new one per call).
+_STANDARD = json.JSONDecoder(parse_constant=_not_a_number, parse_float=_finite)
+
+
 def parse_json(raw: bytes) -> object:
-    """Standard JSON only: NaN, Infinity and numbers that overflow to infinity are refused
-    (the router would forward them as non-standard JSON), and so is nesting deeper than the
-    parser's recursion limit."""
+    """Standard JSON (UTF-8) only: NaN, Infinity and numbers that overflow to infinity are
+    refused (the router would forward them as non-standard JSON), and so is nesting deeper
+    than the parser's recursion limit."""
     try:
-        return json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+        return _STANDARD.decode(raw.decode("utf-8"))
     except RecursionError:
         raise ValueError("the JSON nests too deeply") from None
 
