@@ -237,6 +237,32 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.classifier.stages[0].expert",
     ),
     ("policy-name-too-long", _with(VALID_POLICY, "metadata.name", "p" * 45), "metadata.name"),
+    (
+        "undefined-default-intent",
+        _with(VALID_POLICY, "spec.classifier.defaultIntent", "chat"),
+        "spec.classifier.defaultIntent",
+    ),
+    (
+        "float-min-confidence",
+        _with(
+            VALID_POLICY,
+            "spec.classifier.stages",
+            [{"type": "rules"}, {"type": "embedding", "expert": "a", "minConfidence": 0.5}],
+        ),
+        "spec.classifier.stages[1].minConfidence",
+    ),
+    (
+        "snake-case-key",
+        _with(VALID_POLICY, "spec.classifier.default_intent", "code"),
+        'unknown field "spec.classifier.default_intent"',
+    ),
+    (
+        "examples-from-bad-configmap-name",
+        _with(
+            VALID_POLICY, "spec.classifier.examplesFrom", [{"configMap": "Bad_Name", "key": "k"}]
+        ),
+        "spec.classifier.examplesFrom[0].configMap",
+    ),
 ]
 
 
@@ -254,7 +280,13 @@ def test_invalid_manifest_is_rejected_by_the_api_server(
     assert not ok, f"{case} was accepted: {out}"
     assert any(
         marker in out
-        for marker in ("is invalid", "Invalid value", "Unsupported value", "expected string")
+        for marker in (
+            "is invalid",
+            "Invalid value",
+            "Unsupported value",
+            "expected string",
+            "unknown field",
+        )
     ), out
     assert field in out, f"{case}: message does not name {field}: {out}"
 

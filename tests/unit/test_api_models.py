@@ -75,3 +75,33 @@ def test_snake_case_in_python_camel_case_in_yaml() -> None:
     assert expert.spec.external.base_url == "https://h.example/v1"
     assert expert.spec.served_model_name("x") == "m"
     assert expert.to_api()["spec"]["external"]["apiKeySecretRef"] == {"name": "s", "key": "k"}
+
+
+def _policy(classifier: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p"},
+        "spec": {
+            "experts": ["a"],
+            "classifier": classifier,
+            "routes": [{"name": "r", "expert": "a"}],
+        },
+    }
+
+
+def test_a_number_for_a_decimal_field_says_how_to_write_it() -> None:
+    stages = [{"type": "rules"}, {"type": "embedding", "expert": "a", "minConfidence": 0.5}]
+    with pytest.raises(ValidationError) as error:
+        RoutingPolicy.model_validate(_policy({"stages": stages}))
+    assert 'write decimals as quoted strings, e.g. "0.5"' in str(error.value)
+    stages[1]["minConfidence"] = "0.5"
+    assert RoutingPolicy.model_validate(_policy({"stages": stages}))
+
+
+def test_default_intent_must_be_defined_when_intents_are() -> None:
+    with pytest.raises(ValidationError, match="defaultIntent 'chat' must name one of"):
+        RoutingPolicy.model_validate(
+            _policy({"intents": [{"name": "code"}], "defaultIntent": "chat"})
+        )
+    RoutingPolicy.model_validate(_policy({"intents": [{"name": "chat"}], "defaultIntent": "chat"}))
+    RoutingPolicy.model_validate(_policy({}))  # no intents: the default stands alone
+    RoutingPolicy.model_validate(_policy({"intents": [{"name": "code"}]}))  # implicit "default"

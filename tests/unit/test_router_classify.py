@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from modelflock.router.classify.chain import ClassifierChain, RulesStage
-from modelflock.router.classify.embedding import EmbeddingStage, nearest_intent
-from modelflock.router.classify.features import Features
+from modelflock.router.classify.features import Features, StageFailure, Verdict
 from modelflock.router.classify.llm import classifier_messages, parse_label
 from modelflock.router.classify.rules import classify_rules, compile_rules
 from modelflock.router.config import HeaderMatch, Intent
+from modelflock.router.upstream import UpstreamFailure
 
 INTENTS = [
     Intent(name="code", keywords=["python", "c++", "def ", "tl;dr"], patterns=[r"\bdef \w+\("]),
@@ -40,16 +42,6 @@ def test_rules_keywords_patterns_models_headers_and_length() -> None:
     assert classify_rules(RULES, f("hello")) is None
 
 
-def test_nearest_intent_uses_cosine_and_a_minimum() -> None:
-    examples = [("code", [1.0, 0.0]), ("chat", [0.0, 1.0])]
-    assert nearest_intent([0.9, 0.1], examples, 0.5) == (
-        "code",
-        nearest_intent([0.9, 0.1], examples, 0.5)[1],
-    )  # type: ignore[index]
-    assert nearest_intent([0.7, 0.7], examples, 0.8) is None
-    assert nearest_intent([1.0, 0.0], [], 0.1) is None
-
-
 def test_parse_label_is_strict() -> None:
     labels = ["code", "chat"]
     assert parse_label("code", labels) == "code"
@@ -68,50 +60,60 @@ def test_classifier_prompt_lists_the_labels() -> None:
 
 class FakeStage:
     def __init__(
-        self, name: str, answer: str | None, delay: float = 0.0, fail: bool = False
+        self, name: str, answer: str | None, delay: float = 0.0, fail: Exception | None = None
     ) -> None:
         self.name, self.answer, self.delay, self.fail = name, answer, delay, fail
         self.timeout = 0.05
         self.calls = 0
 
-    async def decide(self, features: Features) -> str | None:
+    async def decide(self, features: Features) -> Verdict:
         self.calls += 1
         await asyncio.sleep(self.delay)
         if self.fail:
-            raise RuntimeError("boom")
-        return self.answer
+            raise self.fail
+        return Verdict(self.answer)
 
 
-async def test_chain_hands_over_when_unsure_slow_or_failing() -> None:
+async def test_no_stage_sure_is_default_a_failing_stage_is_degraded() -> None:
+    unsure = FakeStage("embedding", None)
+    decision = await ClassifierChain([RulesStage(RULES), unsure], "default").classify(f("hello"))
+    assert (decision.intent, decision.classifier, decision.failures) == ("default", "default", ())
+
     slow = FakeStage("embedding", "code", delay=1.0)
-    broken = FakeStage("llm", "code", fail=True)
-    chain = ClassifierChain([RulesStage(RULES), slow, broken], "default")
+    down = FakeStage("llm", "code", fail=StageFailure("unavailable", "HTTP 503 from clf"))
+    chain = ClassifierChain([RulesStage(RULES), slow, down], "default")
     decision = await chain.classify(f("hello"))
-    assert (decision.intent, decision.classifier) == ("default", "default")
+    assert (decision.intent, decision.classifier) == ("default", "degraded")
     assert [(o.stage, o.outcome) for o in decision.trail] == [
         ("rules", "unsure"),
         ("embedding", "timeout"),
-        ("llm", "error"),
+        ("llm", "unavailable"),
     ]
+    assert [o.detail for o in decision.failures] == ["no answer within 50 ms", "HTTP 503 from clf"]
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (StageFailure("warming", "examples"), "warming"),
+        (StageFailure("bad_response", "nonsense"), "bad_response"),
+        (UpstreamFailure("connect", "refused"), "unavailable"),
+        (UpstreamFailure("status", "HTTP 500"), "unavailable"),
+        (UpstreamFailure("protocol", "not JSON"), "bad_response"),
+        (KeyError("data"), "bad_response"),
+        (ConnectionResetError(), "unavailable"),
+    ],
+)
+async def test_each_stage_failure_is_named(error: Exception, outcome: str) -> None:
     good = FakeStage("llm", "chat")
-    decision = await ClassifierChain([RulesStage(RULES), good], "default").classify(f("hi"))
+    chain = ClassifierChain([FakeStage("embedding", "code", fail=error), good], "default")
+    decision = await chain.classify(f("hello"))
+    # The next stage still decides; the failure is on record.
     assert (decision.intent, decision.classifier) == ("chat", "llm")
+    assert [(o.stage, o.outcome) for o in decision.failures] == [("embedding", outcome)]
 
 
 async def test_rules_decide_before_paid_stages_are_asked() -> None:
     paid = FakeStage("llm", "chat")
     decision = await ClassifierChain([RulesStage(RULES), paid], "default").classify(f("python"))
     assert (decision.intent, decision.classifier, paid.calls) == ("code", "rules", 0)
-
-
-async def test_embedding_stage_embeds_examples_once() -> None:
-    calls: list[list[str]] = []
-
-    async def embed(texts: list[str]) -> list[list[float]]:
-        calls.append(texts)
-        return [[1.0, 0.0] if "code" in t else [0.0, 1.0] for t in texts]
-
-    stage = EmbeddingStage([("code", "code example"), ("chat", "hello")], embed, 0.5, 1.0)
-    assert await stage.decide(f("some code")) == "code"
-    assert await stage.decide(f("hey")) == "chat"
-    assert calls[0] == ["code example", "hello"] and len(calls) == 3

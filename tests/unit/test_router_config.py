@@ -19,7 +19,7 @@ experts:
      apiKeyFile: /secrets/key, prices: {inputPerMillion: "5", outputPerMillion: "15"}}
 classifier:
   stages: [{type: rules}, {type: llm, expert: small, timeoutMilliseconds: 300}]
-  intents: [{name: code, keywords: [python]}]
+  intents: [{name: code, keywords: [python]}, {name: chat}]
   defaultIntent: chat
 routes:
   - {name: code, match: {intents: [code]}, cascade: {experts: [small, frontier]}}
@@ -63,6 +63,14 @@ def test_prices_are_exact_decimals() -> None:
         ),
         (lambda c: c["experts"][0].update(prices={"inputPerMillion": "1e-3"}), "decimal"),
         (lambda c: c.update(surprise=1), "Extra inputs"),
+        (
+            lambda c: c.update(classifier={"intents": [{"name": "x"}], "defaultIntent": "y"}),
+            "defaultIntent 'y' must name one of",
+        ),
+        (
+            lambda c: c.update(classifier={"stages": [{"type": "embedding", "expert": "a"}]}),
+            "lacks the 'embed' capability",
+        ),
         (lambda c: c.update(classifier={"stages": [{"type": "llm"}]}), "name an expert"),
         (lambda c: c["experts"].append(c["experts"][0]), "unique"),
     ],
@@ -77,3 +85,36 @@ def test_bad_configs_are_refused(change: Any, message: str) -> None:
 def test_a_non_mapping_file_is_refused() -> None:
     with pytest.raises(ValueError, match="mapping"):
         parse_config("- just a list")
+
+
+def test_snake_case_keys_are_refused_with_the_camel_case_spelling() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"classifier.default_intent: unknown key 'default_intent'.*'defaultIntent'",
+    ):
+        parse_config(YAML.replace("defaultIntent: chat", "default_intent: chat"))
+    with pytest.raises(ValueError, match=r"experts\[0\].api_key_file: unknown key 'api_key_file'"):
+        parse_config(YAML.replace("model: small,", "model: small, api_key_file: /x,"))
+
+
+@pytest.mark.parametrize(
+    ("written", "loaded"), [("0.5", "0.5"), ('"0.5"', "0.5"), ("1", "1"), ("0.00001", "0.00001")]
+)
+def test_decimal_fields_accept_numbers_as_exact_decimals(written: str, loaded: str) -> None:
+    text = YAML.replace(
+        "timeoutMilliseconds: 300}", f"timeoutMilliseconds: 300, minConfidence: {written}}}"
+    )
+    text = text.replace('inputPerMillion: "0.10"', f"inputPerMillion: {written}")
+    config = parse_config(text)
+    assert config.classifier.stages[1].min_confidence == loaded
+    assert config.experts[0].prices.input_per_million == loaded
+
+
+def test_negative_or_boolean_decimals_are_refused() -> None:
+    for bad in ("-0.5", "true", "1e400"):
+        with pytest.raises(ValueError, match="minConfidence"):
+            parse_config(
+                YAML.replace(
+                    "timeoutMilliseconds: 300}", f"timeoutMilliseconds: 300, minConfidence: {bad}}}"
+                )
+            )

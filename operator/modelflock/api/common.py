@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelflock.io"
@@ -16,6 +16,21 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A decimal amount as a string: Kubernetes specs carry no floats.
 DECIMAL_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"
+
+
+def _quoted_decimal(value: object) -> object:
+    """YAML reads 0.5 as a float and the API server refuses it for a string field: say how
+    to write it instead of pydantic's bare type error."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f'write decimals as quoted strings, e.g. "{value}": Kubernetes specs carry no'
+            f" floats (got the number {value})"
+        )
+    return value
+
+
+# A decimal amount as a quoted string (pattern DECIMAL_PATTERN on the field).
+DecimalString = Annotated[str, BeforeValidator(_quoted_decimal)]
 
 
 class ApiModel(BaseModel):

@@ -13,6 +13,7 @@ from modelflock.api.common import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    DecimalString,
     SecretKeyRef,
 )
 
@@ -315,13 +316,13 @@ class ExternalApi(ApiModel):
 class Cost(ApiModel):
     """Prices, as decimal strings in your currency per million tokens."""
 
-    input_per_million: str = Field(
+    input_per_million: DecimalString = Field(
         default="0",
         description='Price of one million input (prompt) tokens, e.g. "0.15".',
         pattern=DECIMAL_PATTERN,
         max_length=24,
     )
-    output_per_million: str = Field(
+    output_per_million: DecimalString = Field(
         default="0",
         description='Price of one million output (generated) tokens, e.g. "0.60".',
         pattern=DECIMAL_PATTERN,

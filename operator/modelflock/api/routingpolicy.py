@@ -13,6 +13,7 @@ from modelflock.api.common import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
+    DecimalString,
     SecretKeyRef,
 )
 from modelflock.api.evaluation import SPEC_RULES as EVALUATION_RULES
@@ -121,15 +122,53 @@ class ClassifierStage(ApiModel):
     timeout_milliseconds: int = Field(
         default=250, ge=1, le=60_000, description="Time budget of this stage."
     )
-    min_confidence: str = Field(
+    min_confidence: DecimalString = Field(
         default="0.5",
         pattern=DECIMAL_PATTERN,
-        description="Embedding: minimum cosine similarity to accept the nearest intent.",
+        description="Embedding stage: decide only when the calibrated probability that the"
+        ' best intent is right is at least this (quoted decimal, e.g. "0.6"). The scale is'
+        " fitted to the embedding model when the policy loads (leave-one-out on the policy's"
+        " own examples), so one value means the same for every embedding model. Below it the"
+        " stage is unsure and the next stage decides.",
+    )
+
+
+class ExamplesSource(ApiModel):
+    """A ConfigMap key holding example prompts, one JSON object per line:
+    {"prompt": "...", "intent": "..."} (the format of a labelled evaluation file)."""
+
+    config_map: str = Field(
+        description="ConfigMap in the policy's namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+    )
+    key: str = Field(
+        description="Key of the ConfigMap whose value is the JSONL text.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
     )
 
 
 class Classifier(ApiModel):
     """How the intent of a request is decided, cheapest stage first."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.defaultIntent == 'default' || !has(self.intents)"
+                    " || size(self.intents) == 0"
+                    " || self.intents.exists(i, i.name == self.defaultIntent)",
+                    "message": "defaultIntent must name one of classifier.intents (or be the"
+                    " implicit 'default')",
+                    "fieldPath": ".defaultIntent",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
 
     stages: list[ClassifierStage] = Field(
         default_factory=lambda: [ClassifierStage(type="rules")],
@@ -145,10 +184,26 @@ class Classifier(ApiModel):
     )
     default_intent: str = Field(
         default="default",
-        description="Intent used when no stage is confident.",
+        description="Intent used when no stage is confident; one of intents when any are defined.",
         max_length=63,
         pattern=DNS_LABEL_PATTERN,
     )
+    examples_from: list[ExamplesSource] = Field(
+        default_factory=list,
+        max_length=8,
+        description="ConfigMaps with more example prompts (JSONL lines {prompt, intent}),"
+        " added to the intents' inline examples; for hundreds of examples per intent.",
+    )
+
+    @model_validator(mode="after")
+    def _default_intent_defined(self) -> Classifier:
+        names = [i.name for i in self.intents]
+        if names and self.default_intent != "default" and self.default_intent not in names:
+            raise ValueError(
+                f"defaultIntent {self.default_intent!r} must name one of classifier.intents"
+                f" ({', '.join(names)})"
+            )
+        return self
 
 
 class RouteMatch(ApiModel):
@@ -192,7 +247,7 @@ class Cascade(ApiModel):
         description="Extra regular expressions that mark an answer as a refusal or unsure.",
         json_schema_extra={"items": {"type": "string", "maxLength": 512}},
     )
-    min_confidence: str = Field(
+    min_confidence: DecimalString = Field(
         default="0.5",
         pattern=DECIMAL_PATTERN,
         description="lowConfidence: escalate when the mean token probability is below this.",

@@ -76,6 +76,14 @@ class RouterMetrics:
             ("stage", "outcome"),
             _LATENCY,
         )
+        self.stage_failures = Counter(
+            f"{_P}classifier_stage_failures",
+            "Classifier stages that could not answer, by reason (timeout, unavailable,"
+            " bad_response, warming).",
+            ("stage", "reason"),
+        )
+        # The last failure of each stage, for the report to the operator (not exported).
+        self.last_stage_failure: dict[str, str] = {}
         self.waiting = Gauge(
             f"{_P}waiting_requests", "Requests held for a cold expert.", ("expert",)
         )

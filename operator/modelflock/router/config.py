@@ -13,8 +13,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from modelflock.validation import describe
 
 CascadeCheck = Literal["truncated", "empty", "refusal", "invalidJSON", "lowConfidence"]
 
@@ -35,6 +45,18 @@ def _regex(value: str) -> str:
     return value
 
 
+def _number_as_decimal(value: object) -> object:
+    """YAML reads an unquoted 0.5 as a float: accept numbers and keep them as exact decimal
+    strings (the config never does float arithmetic on them)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format(Decimal(repr(value)), "f")
+    return value
+
+
 def _decimal(value: str) -> str:
     if not re.fullmatch(r"(0|[1-9][0-9]*)(\.[0-9]{1,9})?", value):
         raise ValueError(f"expected a decimal string such as '0.15', got {value!r}")
@@ -42,7 +64,7 @@ def _decimal(value: str) -> str:
 
 
 Regex = Annotated[str, AfterValidator(_regex)]
-DecimalString = Annotated[str, AfterValidator(_decimal)]
+DecimalString = Annotated[str, BeforeValidator(_number_as_decimal), AfterValidator(_decimal)]
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
 
@@ -338,7 +360,14 @@ class RouterConfig(Model):
         experts = {e.name for e in self.experts}
         if len(experts) != len(self.experts):
             raise ValueError("expert names must be unique")
-        intents = {i.name for i in self.classifier.intents} | {self.classifier.default_intent}
+        defined = [i.name for i in self.classifier.intents]
+        default = self.classifier.default_intent
+        if defined and default != "default" and default not in defined:
+            raise ValueError(
+                f"classifier.defaultIntent {self.classifier.default_intent!r} must name one of"
+                f" classifier.intents ({', '.join(defined)})"
+            )
+        intents = set(defined) | {self.classifier.default_intent}
         named: list[tuple[str, str]] = []
         for route in self.routes:
             named += [(f"route {route.name}", e) for e in route.primary + route.fallbacks]
@@ -371,6 +400,15 @@ class RouterConfig(Model):
         for where, name in named:
             if name not in experts:
                 raise ValueError(f"{where}: unknown expert {name!r}")
+        for stage in self.classifier.stages:
+            if (
+                stage.type == "embedding"
+                and "embed" not in self.expert(str(stage.expert)).capabilities
+            ):
+                raise ValueError(
+                    f"classifier stage embedding: expert {stage.expert!r} lacks the 'embed'"
+                    " capability (it must serve /v1/embeddings)"
+                )
         if len({r.name for r in self.routes}) != len(self.routes):
             raise ValueError("route names must be unique")
         return self
@@ -384,7 +422,11 @@ def parse_config(text: str) -> RouterConfig:
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ValueError("the router config must be a mapping")
-    return RouterConfig.model_validate(data)
+    try:
+        # Aliases only: a snake_case key (default_intent) is an unknown key, as documented.
+        return RouterConfig.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as error:
+        raise ValueError(f"invalid router config:\n{describe(error)}") from None
 
 
 def load_config(path: Path) -> RouterConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from modelflock.router.accounting import RouterMetrics
-from modelflock.router.classify.features import Features
+from modelflock.router.classify.features import Decision, Features
 from modelflock.router.config import Route
 from modelflock.router.errors import RequestError
 from modelflock.router.http_server import Request
@@ -66,13 +66,11 @@ async def plan_job(
         raise _unknown_model(model)
     features = Features(parsed.prompt, parsed.total_chars, model, request.headers)
     decision = await state.chain.classify(features)
-    metrics.decisions.inc((decision.classifier, decision.intent))
-    for outcome in decision.trail:
-        metrics.stage_seconds.observe((outcome.stage, outcome.outcome), outcome.seconds)
+    record_decision(metrics, decision)
     route = select_route(state.config.routes, decision.intent, model, request.headers)
     if route is None:
         raise RequestError(503, f"no route matches intent `{decision.intent}`", code="no_route")
-    return job(
+    planned = job(
         route.name,
         decision.intent,
         decision.classifier,
@@ -81,3 +79,16 @@ async def plan_job(
         route.name if route.cascade else None,
         route,
     )
+    if decision.failures:
+        failures = ",".join(f"{o.stage}={o.outcome}" for o in decision.failures)
+        planned.extra_headers["x-modelflock-classifier-failures"] = failures
+    return planned
+
+
+def record_decision(metrics: RouterMetrics, decision: Decision) -> None:
+    metrics.decisions.inc((decision.classifier, decision.intent))
+    for outcome in decision.trail:
+        metrics.stage_seconds.observe((outcome.stage, outcome.outcome), outcome.seconds)
+    for failed in decision.failures:
+        metrics.stage_failures.inc((failed.stage, failed.outcome))
+        metrics.last_stage_failure[failed.stage] = f"{failed.outcome}: {failed.detail}"

@@ -14,14 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 from modelflock.retrieval.store import CREDENTIAL_KEYS
 from modelflock.router.checks import CompiledChecks, compile_checks
-from modelflock.router.classify.chain import ClassifierChain, RulesStage, Stage
+from modelflock.router.classify.build import ClassifierMemory, build_chain
+from modelflock.router.classify.chain import ClassifierChain
 from modelflock.router.classify.embedding import EmbeddingStage
-from modelflock.router.classify.llm import LlmStage
-from modelflock.router.classify.rules import compile_rules
 from modelflock.router.config import RouterConfig, load_config
 from modelflock.router.upstream import ExpertRuntime, Upstream, upstream_headers
 
@@ -111,56 +109,12 @@ def _experts(config: RouterConfig, keys: Secrets) -> dict[str, ExpertRuntime]:
     }
 
 
-def _chain(
-    config: RouterConfig, experts: dict[str, ExpertRuntime], upstream: Upstream
-) -> ClassifierChain:
-    intents = config.classifier.intents
-    stages: list[Stage] = []
-    for stage in config.classifier.stages:
-        timeout = stage.timeout_milliseconds / 1000
-        if stage.type == "rules":
-            stages.append(RulesStage(compile_rules(intents)))
-        elif stage.type == "embedding":
-            expert = experts[str(stage.expert)]
-
-            async def embed(texts: list[str], expert: ExpertRuntime = expert) -> list[list[float]]:
-                body = await upstream.call_json(
-                    expert,
-                    "/embeddings",
-                    {"model": expert.config.model, "input": texts, "encoding_format": "float"},
-                )
-                data = sorted(body["data"], key=lambda d: d["index"])
-                return [list(map(float, d["embedding"])) for d in data]
-
-            examples = [(i.name, text) for i in intents for text in i.examples]
-            stages.append(EmbeddingStage(examples, embed, float(stage.min_confidence), timeout))
-        else:
-            expert = experts[str(stage.expert)]
-
-            async def ask(
-                messages: list[dict[str, Any]], labels: list[str], expert: ExpertRuntime = expert
-            ) -> str:
-                payload: dict[str, Any] = {
-                    "model": expert.config.model,
-                    "messages": messages,
-                    "max_tokens": 8,
-                    "temperature": 0,
-                }
-                if expert.config.engine == "vllm":
-                    # Constrained decoding: the engine can only answer one of the labels.
-                    payload["structured_outputs"] = {"choice": labels}
-                body = await upstream.call_json(expert, "/chat/completions", payload)
-                return str(body["choices"][0]["message"]["content"] or "")
-
-            labels = [i.name for i in intents]
-            if config.classifier.default_intent not in labels:
-                labels.append(config.classifier.default_intent)
-            stages.append(LlmStage(intents, labels, ask, timeout))
-    return ClassifierChain(stages, config.classifier.default_intent)
-
-
 def build_state(
-    config: RouterConfig, keys: Secrets, upstream: Upstream, fingerprint_: str
+    config: RouterConfig,
+    keys: Secrets,
+    upstream: Upstream,
+    fingerprint_: str,
+    memory: ClassifierMemory | None = None,
 ) -> RouterState:
     experts = _experts(config, keys)
     routed = set(config.models)
@@ -173,7 +127,7 @@ def build_state(
     return RouterState(
         config=config,
         experts=experts,
-        chain=_chain(config, experts, upstream),
+        chain=build_chain(config, experts, upstream, memory or ClassifierMemory()),
         checks={r.name: compile_checks(r.cascade) for r in config.routes if r.cascade},
         routed_models=frozenset(routed),
         embedding_expert=embedders[0] if embedders else None,
@@ -183,20 +137,42 @@ def build_state(
     )
 
 
-async def _embed_examples(stage: EmbeddingStage) -> None:
-    try:
-        await stage.example_vectors()
-    except Exception as exc:  # the embedding expert may be down: retried on first use
-        log.warning("embedding the intent examples failed (retried on use): %s", exc)
+_RETRY_FIRST_SECONDS, _RETRY_MAX_SECONDS = 1.0, 30.0
 
 
-def warm_up(state: RouterState) -> list[asyncio.Task[None]]:
+async def _prepare(stage: EmbeddingStage, chain: ClassifierChain, memory: ClassifierMemory) -> None:
+    """Embed the examples until it works (the embedding expert may be down or cold); the
+    stage answers `warming` meanwhile and never holds a request."""
+    delay = _RETRY_FIRST_SECONDS
+    while True:
+        try:
+            index = await stage.prepare()
+        except Exception as exc:
+            log.warning("embedding the intent examples failed, retrying in %gs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            continue
+        memory.remember(chain)
+        if index is not None:
+            c = index.calibration
+            log.info(
+                "intent examples embedded: %d examples, leave-one-out accuracy %.3f,"
+                " temperature %.4f%s",
+                c.examples,
+                c.held_out_accuracy,
+                c.temperature,
+                "" if c.calibrated else " (too few examples to calibrate)",
+            )
+        return
+
+
+def warm_up(state: RouterState, memory: ClassifierMemory) -> list[asyncio.Task[None]]:
     """Compute the embedding stage's example vectors in the background, not on a request."""
     loop = asyncio.get_running_loop()
     return [
-        loop.create_task(_embed_examples(s))
+        loop.create_task(_prepare(s, state.chain, memory))
         for s in state.chain.stages
-        if isinstance(s, EmbeddingStage)
+        if isinstance(s, EmbeddingStage) and not s.ready
     ]
 
 
@@ -207,12 +183,13 @@ class StateHolder:
         self.path = path
         self.upstream = upstream
         self.on_reload = on_reload
+        self.memory = ClassifierMemory()
         config, keys, print_ = load_files(path)  # at startup, before the loop serves requests
-        self.current = build_state(config, keys, upstream, print_)
+        self.current = build_state(config, keys, upstream, print_, self.memory)
         self._warming: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._warming = warm_up(self.current)
+        self._warming = warm_up(self.current, self.memory)
 
     async def reload_if_changed(self) -> bool:
         """Build and swap in a new state when the files changed; keep the old one on error."""
@@ -222,7 +199,7 @@ class StateHolder:
             return False
         try:
             config, keys, new_print = await asyncio.to_thread(load_files, self.path)
-            state = build_state(config, keys, self.upstream, new_print)
+            state = build_state(config, keys, self.upstream, new_print, self.memory)
         except (OSError, ValueError) as exc:
             log.error("config reload failed, keeping the previous config: %s", exc)
             self.on_reload("error")
@@ -233,7 +210,9 @@ class StateHolder:
             self.current = replace(self.current, fingerprint=bad_print)
             return False
         self.current = state  # the atomic swap: one reference assignment
-        self._warming = warm_up(state)
+        for task in self._warming:  # the previous version's examples are no longer needed
+            task.cancel()
+        self._warming = warm_up(state, self.memory)
         self.on_reload("success")
         log.info("config reloaded (%s)", new_print[:12])
         return True

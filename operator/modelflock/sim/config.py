@@ -37,6 +37,9 @@ class Behaviour(BaseModel):
     # Judge mode: a judge prompt (modelflock.evaluation.judge) is answered A, B or TIE by
     # scoring both answers deterministically (the share of good-vocabulary words).
     judge: bool = False
+    # Constrained requests (vLLM structured outputs / guided choice, TGI's JSON grammar):
+    # honour them, or ignore them as a misconfigured engine would (free text comes back).
+    constraints: Literal["honour", "ignore"] = "honour"
 
 
 class SimSettings(BaseModel):

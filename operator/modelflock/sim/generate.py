@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,12 @@ class Job:
     logprobs: bool
     top_logprobs: int
     json_mode: bool
+    # Constrained decoding: the answer must be one of `choices` (vLLM structured outputs
+    # `choice` / `guided_choice`), or a JSON object whose `choice_key` is one of them (TGI's
+    # grammar: response_format {"type": "json", "value": <schema with an enum>}).
+    choices: tuple[str, ...] = ()
+    choice_key: str | None = None
+    user_text: str = ""  # the last user message (chat)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,56 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> str:
     raise BadRequest("'prompt' must be a string or a list of strings", param="prompt")
 
 
-def parse_job(body: object, chat: bool, served_model: str) -> Job:
+def _string_list(value: object, param: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"'{param}' must be a non-empty list of strings", param=param)
+    return tuple(value)
+
+
+def _enum_property(schema: object) -> tuple[str, tuple[str, ...]] | None:
+    """The one string property of a JSON schema restricted to an enum, if there is one."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return None
+    for key, prop in schema["properties"].items():
+        if isinstance(prop, dict) and isinstance(prop.get("enum"), list):
+            return str(key), _string_list(prop["enum"], f"response_format.value.{key}.enum")
+    return None
+
+
+def parse_constraint(body: dict[str, Any], flavour: str) -> tuple[tuple[str, ...], str | None]:
+    """(choices, JSON key or None) the engine must honour; ((), None) when unconstrained.
+
+    What each engine reads: vLLM `structured_outputs: {choice: [...]}` (and the older
+    `guided_choice`) and refuses TGI's `response_format` type "json"; TGI reads
+    `response_format: {type: "json", value: schema}` and ignores vLLM's fields."""
+    response_format = body.get("response_format")
+    tgi_format = isinstance(response_format, dict) and response_format.get("type") in (
+        "json",
+        "regex",
+    )
+    if flavour == "vllm":
+        if tgi_format:
+            raise BadRequest(
+                "response_format.type must be one of text, json_object, json_schema",
+                param="response_format",
+            )
+        outputs = body.get("structured_outputs")
+        if outputs is not None:
+            if not isinstance(outputs, dict) or "choice" not in outputs:
+                raise BadRequest("structured_outputs must be an object", param="structured_outputs")
+            return _string_list(outputs["choice"], "structured_outputs.choice"), None
+        if body.get("guided_choice") is not None:
+            return _string_list(body["guided_choice"], "guided_choice"), None
+        return (), None
+    if tgi_format and isinstance(response_format, dict) and response_format["type"] == "json":
+        found = _enum_property(response_format.get("value"))
+        if found is not None:
+            key, choices = found
+            return choices, key
+    return (), None
+
+
+def parse_job(body: object, chat: bool, served_model: str, flavour: str = "vllm") -> Job:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     model = body.get("model")
@@ -110,6 +166,12 @@ def parse_job(body: object, chat: bool, served_model: str) -> Job:
         "json_object",
         "json_schema",
     )
+    choices, choice_key = parse_constraint(body, flavour) if chat else ((), None)
+    user_text = ""
+    if chat:
+        for message in body["messages"]:
+            if message.get("role") == "user":
+                user_text = message_text(message.get("content"))
     return Job(
         chat=chat,
         model=model,
@@ -122,12 +184,35 @@ def parse_job(body: object, chat: bool, served_model: str) -> Job:
         logprobs=logprobs,
         top_logprobs=top,
         json_mode=json_mode,
+        choices=choices,
+        choice_key=choice_key,
+        user_text=user_text,
     )
 
 
 def _pieces(text: str) -> list[str]:
     words = text.split(" ")
     return [words[0], *(" " + w for w in words[1:])] if text else []
+
+
+_LABEL_LINE = re.compile(r"^- ([a-z0-9-]+): (.*)$", re.MULTILINE)
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+def pick_choice(job: Job, behaviour: Behaviour) -> str:
+    """A label for a constrained request: a canned reply that is one of the choices, else the
+    choice whose name and description (the router's "- label: description" lines) share the
+    most words with the user's message, else the first."""
+    for needle, reply in behaviour.replies.items():
+        if needle in job.user_text and reply in job.choices:
+            return reply
+    described = dict(_LABEL_LINE.findall(job.prompt_text))
+    words = set(_WORDS.findall(job.user_text.lower()))
+
+    def overlap(label: str) -> int:
+        return len(words & set(_WORDS.findall(f"{label} {described.get(label, '')}".lower())))
+
+    return max(job.choices, key=lambda label: (overlap(label), -job.choices.index(label)))
 
 
 def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output:
@@ -143,6 +228,10 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
         else "stop"
     )
     logprob = -2.5 if behaviour.mode == "low_confidence" else -0.01
+    if job.choices and behaviour.constraints == "honour":
+        label = pick_choice(job, behaviour)
+        text = label if job.choice_key is None else json.dumps({job.choice_key: label})
+        return Output(_pieces(text), "stop", logprob)
     for needle, reply in behaviour.replies.items():
         if needle in job.prompt_text:
             return Output(_pieces(reply), "stop", logprob)

@@ -156,7 +156,10 @@ async def _serve(request: web.Request, chat: bool) -> web.StreamResponse:
             stats.errors += 1
             return early
         try:
-            job = parse_job(await _read_json(request), chat, state.settings.model)
+            body = await _read_json(request)
+            if chat and isinstance(body, dict):
+                state.recent_chats.append(body)
+            job = parse_job(body, chat, state.settings.model, state.settings.flavour)
         except BadRequest as err:
             stats.errors += 1
             return _bad(err)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -34,6 +36,8 @@ class SimState:
     counters: EngineCounters = field(default_factory=EngineCounters)
     stats: SimStats = field(default_factory=SimStats)
     ids: itertools.count[int] = field(default_factory=itertools.count)
+    # The last chat request bodies, as received: tests assert on the router's wire format.
+    recent_chats: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=16))
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> SimState:
