@@ -19,6 +19,7 @@ from modelflock.controller.kube import Kube, Manifest
 from modelflock.controller.metrics import OperatorMetrics
 from modelflock.controller.readiness import Listener
 from modelflock.operator_config import OperatorConfig
+from modelflock.render.classifier_health import ClassifierReport
 from modelflock.render.injection import SidecarPlan
 from modelflock.render.policy import StoreReport
 
@@ -98,6 +99,10 @@ class OperatorContext:
     policy_access: dict[ObjectKey, PolicyAccess] = field(default_factory=dict)
     # Shadow-evaluation reports of the routers, summed per policy (flock API → status).
     evaluations: EvaluationStore = field(default_factory=EvaluationStore)
+    # Classifier health reports from routers (flock API): policy -> router id -> (when, report).
+    classifier_reports: dict[ObjectKey, dict[str, tuple[float, ClassifierReport]]] = field(
+        default_factory=dict
+    )
     # Filled by the RoutingPolicy workers, read by the sidecar injection webhook.
     sidecar_plans: dict[ObjectKey, SidecarPlan] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None

@@ -8,19 +8,24 @@ shows the experts it names.
 from __future__ import annotations
 
 import hmac
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
 from modelflock.controller.readiness import not_ready
 from modelflock.evaluation.wire import NotNamedError, parse_report
+from modelflock.render.classifier_health import ClassifierReport, keep_recent
 from modelflock.render.policy import StoreReport
 
 PREFIX = "/flock/v1/namespaces/{namespace}/routingpolicies/{policy}"
 MAX_DEMAND_BODY = 4096
 MAX_EVALUATION_BODY = 256 * 1024
+MAX_REPORT_BODY = 16384
+MAX_ROUTERS_PER_POLICY = 1000  # sidecars: one report each; older ones expire anyway
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -140,6 +145,27 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         reports[name] = StoreReport(reachable, detail, datetime.now(UTC))
         if before is None or before.reachable != reachable:
             ctx.trigger_policy(key)
+
+    async def classifier(request: web.Request) -> web.Response:
+        """A router's classifier health report; feeds the ClassifierDegraded condition."""
+        checked = _authorize(ctx, request)
+        if isinstance(checked, web.Response):
+            return checked
+        key, _ = checked
+        if (request.content_length or 0) > MAX_REPORT_BODY:
+            return _error(413, "classifier report too large")
+        try:
+            report = ClassifierReport.model_validate_json(await request.read())
+        except ValidationError as error:
+            return _error(400, f"invalid classifier report: {error.errors()[0]['msg']}")
+        now = time.monotonic()
+        reports = keep_recent(ctx.classifier_reports.get(key, {}), now)
+        before = reports.get(report.router)
+        if report.router in reports or len(reports) < MAX_ROUTERS_PER_POLICY:
+            reports[report.router] = (now, report)
+        ctx.classifier_reports[key] = reports
+        if before is None or before[1].failing != report.failing:
+            ctx.trigger_policy(key)  # the condition may change: recompute the status now
         return web.json_response({"accepted": True}, status=202)
 
     async def healthz(_: web.Request) -> web.Response:
@@ -157,6 +183,7 @@ def flock_app(ctx: OperatorContext) -> web.Application:
     app.router.add_post(PREFIX + "/demand", demand)
     app.router.add_post(PREFIX + "/evaluation", evaluation)
     app.router.add_post(PREFIX + "/retrieval", retrieval)
+    app.router.add_post(PREFIX + "/classifier", classifier)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

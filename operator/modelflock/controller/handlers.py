@@ -18,6 +18,7 @@ from modelflock.controller.knowledgebase import reconcile_knowledge_base
 from modelflock.controller.kube import api_error_message
 from modelflock.controller.policy import reconcile_policy
 from modelflock.controller.servers import start_servers
+from modelflock.render.examples import EXAMPLES_LABEL
 from modelflock.render.expert import EXPERT_LABEL
 from modelflock.render.injection import inject_sidecar
 from modelflock.render.router_pod import POLICY_LABEL
@@ -226,6 +227,12 @@ def build_registry(
         ctx = _context(memo)
         ctx.trigger_expert((str(namespace), name))
         ctx.trigger_policies_in(str(namespace))
+
+    @kopf.on.event("", "v1", "configmaps", registry=registry, labels={EXAMPLES_LABEL: kopf.PRESENT})
+    def examples_changed(namespace: str | None, memo: Any, **_: Any) -> None:
+        # Example prompts for classifiers (spec.classifier.examplesFrom): re-render at once.
+        # Unlabelled ConfigMaps are picked up by the periodic resync.
+        _context(memo).trigger_policies_in(str(namespace))
 
     def child_changed(
         labels: kopf.Labels,

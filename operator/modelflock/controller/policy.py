@@ -16,7 +16,9 @@ from modelflock.api.knowledgebase import KnowledgeBase
 from modelflock.api.modelexpert import ModelExpert
 from modelflock.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from modelflock.controller.context import ObjectKey, OperatorContext, PolicyAccess
+from modelflock.render.classifier_health import keep_recent, report_problems
 from modelflock.render.evaluation import evaluation_status, recommendation_changes
+from modelflock.render.examples import LoadedExamples, load_examples
 from modelflock.render.injection import SidecarPlan
 from modelflock.render.policy import (
     CONFIG_KEY,
@@ -25,6 +27,7 @@ from modelflock.render.policy import (
     compute_policy_status,
     config_hash,
     config_map_name,
+    examples_problems,
     expert_names,
     knowledge_base_names,
     knowledge_base_secrets,
@@ -32,6 +35,7 @@ from modelflock.render.policy import (
     render_config_text,
     render_gateway_config,
     render_router_config,
+    stage_problems,
     token_secret_name,
 )
 from modelflock.render.router_pod import (
@@ -126,6 +130,21 @@ async def load_knowledge_bases(
     return found
 
 
+async def load_policy_examples(ctx: OperatorContext, policy: RoutingPolicy) -> LoadedExamples:
+    """Read the ConfigMaps named by spec.classifier.examplesFrom (same namespace)."""
+    classifier = policy.spec.classifier
+    if not classifier.examples_from:
+        return LoadedExamples()
+    namespace = str(policy.metadata.namespace)
+    data: dict[str, dict[str, str] | None] = {}
+    for source in classifier.examples_from:
+        if source.config_map not in data:
+            found = await ctx.kube.get("v1", "ConfigMap", source.config_map, namespace)
+            data[source.config_map] = None if found is None else dict(found.get("data") or {})
+    intents = {i.name for i in classifier.intents} | {classifier.default_intent}
+    return load_examples(classifier.examples_from, data, intents)
+
+
 async def reconcile_policy(
     ctx: OperatorContext, key: ObjectKey, body: kopf.Body, logger: kopf.Logger
 ) -> None:
@@ -148,7 +167,8 @@ async def reconcile_policy(
     settings = RouterSettings(
         operator_url=ctx.config.operator_url, domain=ctx.config.service_domain
     )
-    config = render_router_config(policy, experts, settings, bases)
+    examples = await load_policy_examples(ctx, policy)
+    config = render_router_config(policy, experts, settings, bases, examples.examples)
     text = render_config_text(config)
     digest = config_hash(text)
     data = {CONFIG_KEY: text}
@@ -199,6 +219,14 @@ async def reconcile_policy(
             await ctx.kube.delete(api_version, kind, gateway_name(name), namespace)
 
     previous = policy.status or RoutingPolicyStatus()
+    now = time.monotonic()
+    reports = keep_recent(ctx.classifier_reports.get(key, {}), now)
+    ctx.classifier_reports[key] = reports
+    problems = [
+        *stage_problems(policy, experts),
+        *examples_problems(examples),
+        *report_problems(reports.values(), now),
+    ]
     status = compute_policy_status(
         policy,
         experts,
@@ -208,6 +236,7 @@ async def reconcile_policy(
         datetime.now(UTC),
         bases,
         ctx.retrieval_reports.get(key, {}),
+        classifier_problems=problems,
     )
     status = _with_evaluation(ctx, key, policy, previous, status, body)
     _post_events(body, previous, status)

@@ -6,7 +6,7 @@ needlessly. API keys appear only as paths of mounted Secret files, never as valu
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,9 @@ from modelflock.api.routingpolicy import (
     RoutingPolicyStatus,
 )
 from modelflock.render.checks import parameter_count
+from modelflock.render.classifier_health import Problem
 from modelflock.render.evaluation import render_evaluation
+from modelflock.render.examples import LoadedExamples
 from modelflock.render.expert import ExpertRef, service_endpoint
 from modelflock.render.knowledgebase import table_of
 from modelflock.retrieval.store import CREDENTIAL_KEYS
@@ -179,16 +181,90 @@ def knowledge_base_secrets(
     )
 
 
+def can_embed(expert: ModelExpert | None) -> bool:
+    return expert is not None and "embed" in expert.spec.capabilities
+
+
+def stage_problems(
+    policy: RoutingPolicy, experts: Mapping[str, ModelExpert | None]
+) -> list[Problem]:
+    """Classifier stages the router cannot run as written (left out of its config)."""
+    problems = []
+    for stage in policy.spec.classifier.stages:
+        if stage.type != "embedding":
+            continue
+        expert = experts.get(str(stage.expert))
+        if expert is None:
+            problems.append(
+                Problem(
+                    "StageExpertNotFound",
+                    f"embedding stage: ModelExpert {stage.expert} not found; the stage is left"
+                    " out of the router config until it exists",
+                )
+            )
+        elif not can_embed(expert):
+            problems.append(
+                Problem(
+                    "StageExpertCannotEmbed",
+                    f"embedding stage: ModelExpert {stage.expert} lacks the 'embed' capability"
+                    " (it must serve /v1/embeddings); the stage is left out of the router config",
+                )
+            )
+    return problems
+
+
+def examples_problems(loaded: LoadedExamples) -> list[Problem]:
+    problems = [
+        Problem("ExamplesNotFound", f"examplesFrom: ConfigMap key {where} not found")
+        for where in loaded.missing
+    ]
+    if loaded.problems:
+        shown = "; ".join(loaded.problems[:3])
+        more = len(loaded.problems) - 3
+        problems.append(
+            Problem(
+                "InvalidExamples",
+                f"examplesFrom: {shown}" + (f"; and {more} more" if more > 0 else ""),
+            )
+        )
+    return problems
+
+
+def _classifier_config(
+    policy: RoutingPolicy,
+    experts: Mapping[str, ModelExpert | None],
+    examples: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    classifier = policy.spec.classifier.to_api()
+    classifier.pop("examplesFrom", None)  # resolved here: the router reads no ConfigMaps
+    by_intent: dict[str, list[str]] = {}
+    for intent, text in examples:
+        by_intent.setdefault(intent, []).append(text)
+    for intent in classifier.get("intents", []):
+        extra = by_intent.get(intent["name"], [])
+        if extra:
+            intent["examples"] = [*intent.get("examples", []), *extra]
+    stages = [
+        s
+        for s in classifier.get("stages", [])
+        if s["type"] != "embedding" or can_embed(experts.get(s["expert"]))
+    ]
+    classifier["stages"] = stages or [{"type": "rules"}]
+    return classifier
+
+
 def render_router_config(
     policy: RoutingPolicy,
     experts: Mapping[str, ModelExpert | None],
     settings: RouterSettings,
     knowledge_bases: Mapping[str, KnowledgeBase | None] | None = None,
+    examples: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
+    """`examples`: (intent, prompt) pairs from the policy's examplesFrom ConfigMaps."""
     spec = policy.spec
     namespace = str(policy.metadata.namespace)
     name = policy.metadata.name
-    classifier = spec.classifier.to_api()
+    classifier = _classifier_config(policy, experts, examples)
     bases = knowledge_bases or {}
     routes = []
     for route in spec.routes:
@@ -308,7 +384,10 @@ def compute_policy_status(
     now: datetime,
     knowledge_bases: Mapping[str, KnowledgeBase | None] | None = None,
     reports: Mapping[str, StoreReport] | None = None,
+    classifier_problems: Sequence[Problem] = (),
 ) -> RoutingPolicyStatus:
+    """`classifier_problems`: stage_problems, examples_problems and the routers' reports
+    (classifier_health.report_problems), most important first."""
     spec = policy.spec
     generation = int(policy.metadata.generation or 0)
     readiness = [
@@ -365,6 +444,20 @@ def compute_policy_status(
         )
     else:
         conditions = remove_condition(conditions, "RetrievalReady")
+    first = classifier_problems[0] if classifier_problems else None
+    conditions = set_condition(
+        conditions,
+        type="ClassifierDegraded",
+        status="True" if first else "False",
+        reason=first.reason if first else "StagesAnswering",
+        message=(
+            "; ".join(p.message for p in classifier_problems)[:2000]
+            if first
+            else "every classifier stage can run and routers report no stage failures"
+        ),
+        observed_generation=generation,
+        now=now,
+    )
     return RoutingPolicyStatus(
         observed_generation=generation,
         conditions=conditions,

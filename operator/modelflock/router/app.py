@@ -18,6 +18,7 @@ from modelflock.router.discovery import DiscoveryClient
 from modelflock.router.dispatch import Dispatcher
 from modelflock.router.handlers import RouterParts, api_routes, not_found, ops_routes
 from modelflock.router.handoff import HandoffStep
+from modelflock.router.health_report import ClassifierReporter
 from modelflock.router.http1 import Http1Client
 from modelflock.router.http_server import HttpServer, Limits
 from modelflock.router.retrieval import RetrievalStep
@@ -46,6 +47,7 @@ class RouterServer:
         self._server: HttpServer | None = None
         self._ops: HttpServer | None = None
         self._holder: StateHolder | None = None
+        self.reporter: ClassifierReporter | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -97,8 +99,13 @@ class RouterServer:
         stack.push_async_callback(holder.close)
         holder.start()
         await discovery.poll_once()  # start with live endpoints when the operator answers
+        reporter = ClassifierReporter(
+            discovery, lambda: self.holder.current.config.discovery, metrics
+        )
+        self.reporter = reporter
         loop = asyncio.get_running_loop()
-        for task in (loop.create_task(holder.watch()), loop.create_task(discovery.run())):
+        tasks = (holder.watch(), discovery.run(), reporter.run())
+        for task in map(loop.create_task, tasks):
             stack.push_async_callback(_cancel, task)
         retrieval = RetrievalStep(upstream, metrics, discovery.note_retrieval)
         stack.push_async_callback(retrieval.close)

@@ -276,6 +276,9 @@ class Discovery(Model):
     wake_on_fallback: bool = Field(
         default=True, description="also report demand for a cold expert whose request fell back"
     )
+    classifier_report_seconds: float = Field(
+        default=10.0, gt=0, description="how often classifier stage failures are reported"
+    )
     ca_file: Path | None = Field(default=None, description="CA bundle to verify an https:// url")
     allow_plain_http: bool = Field(
         default=False, description="send the token to an http:// url (in clear)"

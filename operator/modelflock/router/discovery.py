@@ -282,6 +282,27 @@ class DiscoveryClient:
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s report failed: %s", path, exc)
 
+    async def report_classifier(self, body: str) -> bool:
+        """POST the classifier's stage health (docs/discovery.md); True when taken."""
+        cfg = self._config()
+        if cfg is None:
+            return False
+        try:
+            async with self._session.post(
+                f"{_base(cfg)}/classifier",
+                headers={**await _auth(cfg), "Content-Type": "application/json"},
+                data=body,
+                timeout=_HTTP_TIMEOUT,
+                ssl=self._ssl(cfg),
+            ) as resp:
+                if resp.status != 202:
+                    log.warning("classifier report refused: HTTP %s", resp.status)
+                    return False
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("classifier report failed: %s", exc)
+            return False
+        return True
+
     def note_fallback(self, expert: str) -> None:
         """A request left a cold expert for a fallback: wake it too (rate-limited)."""
         cfg = self._config()
