@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "engine-sim": "modelflock.sim.cli",
     "router": "modelflock.router.cli",
     "report": "modelflock.router.report",
+    "classify": "modelflock.router.classify.cli",
 }
 
 

@@ -1,0 +1,329 @@
+"""Intent classification of the shipped example policy, measured with a real embedding model.
+
+    python bench/classifier_eval.py                 # test split: rules; rules+embedding
+    python bench/classifier_eval.py --scorers       # kNN vs centroid vs linear head (dev only)
+    python bench/classifier_eval.py --tune          # minConfidence from dev, leave-one-out
+    python bench/classifier_eval.py --write-examples  # deploy/examples/59-… from dev.jsonl
+
+Starts `modelflock engine-sim --embedding-model minilm` (all-MiniLM-L6-v2 on CPU, on
+127.0.0.1) and runs the labelled prompts of bench/data/intents/ through the router's own
+classifier code (`modelflock classify` does the same for any policy). The policy's example
+ConfigMap is generated from the dev split, so dev numbers are leave-one-out (each dev prompt
+judged by the others); the test split is never used for anything but the final numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "bench" / "data" / "intents"
+EXAMPLES = REPO / "deploy" / "examples"
+CONFIGMAP_FILE = EXAMPLES / "59-intent-examples.yaml"
+POLICY_FILES = [
+    EXAMPLES / "11-embed-small.yaml",
+    CONFIGMAP_FILE,
+    EXAMPLES / "60-routing-policy.yaml",
+]
+MODEL = "all-MiniLM-L6-v2"
+
+from modelflock.router.classify.calibrate import (  # noqa: E402
+    build_index,
+    expected_calibration_error,
+    softmax,
+)
+from modelflock.router.classify.embedding import EmbeddingStage, embedding_text  # noqa: E402
+from modelflock.router.classify.evaluate import (  # noqa: E402
+    THRESHOLDS,
+    Labelled,
+    format_confusion,
+    format_summary,
+    read_labelled,
+    suggest_threshold,
+    summarize,
+)
+from modelflock.router.classify.offline import (  # noqa: E402
+    Endpoint,
+    Evaluator,
+    bundle_from_files,
+    offline_config,
+    stage_configurations,
+)
+from modelflock.router.classify.rules import classify_rules, compile_rules  # noqa: E402
+from modelflock.router.classify.features import Features  # noqa: E402
+from modelflock.router.classify.scoring import METHODS  # noqa: E402
+
+
+def write_examples() -> None:
+    """The example policy's ConfigMap of examples: the dev split, verbatim."""
+    lines = [
+        json.dumps({"prompt": r.prompt, "intent": r.intent}, ensure_ascii=False)
+        for r in read_labelled((DATA / "dev.jsonl").read_text())
+    ]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "portfolio-intent-examples",
+            "labels": {"modelflock.io/intent-examples": "true"},
+        },
+        "data": {"examples.jsonl": "\n".join(lines) + "\n"},
+    }
+    header = (
+        "# Example prompts for the portfolio policy's embedding stage (spec.classifier.examplesFrom),\n"
+        "# one JSON object per line. Generated from bench/data/intents/dev.jsonl by\n"
+        "# `python bench/classifier_eval.py --write-examples`; the test split is never used here.\n"
+    )
+    CONFIGMAP_FILE.write_text(
+        header + yaml.safe_dump(doc, sort_keys=False, width=1000, allow_unicode=True)
+    )
+    print(f"wrote {CONFIGMAP_FILE} ({len(lines)} examples)")
+
+
+class MiniLMServer:
+    """engine-sim with the real model, on a free loopback port, for the run's duration."""
+
+    def __init__(self, embedder: str = "minilm") -> None:
+        self.embedder = embedder
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def __enter__(self) -> MiniLMServer:
+        args = [
+            sys.executable,
+            "-m",
+            "modelflock",
+            "engine-sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
+        args += ["--embedding-model", self.embedder, "--model", MODEL, "--instant"]
+        if self.embedder == "hash":
+            args += ["--embedding-dim", "384"]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode()
+        if "listening on " not in line:
+            raise RuntimeError(f"engine-sim did not start: {line!r}")
+        self.url = line.rsplit("listening on ", 1)[1].strip()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def _offline(url: str):  # type: ignore[no-untyped-def]
+    bundle = bundle_from_files(POLICY_FILES)
+    return bundle, offline_config(bundle, {"embed-small": Endpoint(url, MODEL)})
+
+
+async def evaluate_split(url: str, split: str) -> None:
+    rows = read_labelled((DATA / f"{split}.jsonl").read_text())
+    bundle, offline = _offline(url)
+    for note in offline.notes:
+        print(f"note: {note}")
+    print(
+        f"policy {bundle.policy.metadata.name} ({POLICY_FILES[-1].relative_to(REPO)}), {split} split:"
+        f" {len(rows)} prompts, {sum(r.hard for r in rows)} hard; embedder {MODEL} (engine-sim, CPU)"
+    )
+    if split == "dev":
+        print("warning: the dev split is the policy's example set: these numbers are not held out")
+    evaluator = Evaluator()
+    summaries = []
+    try:
+        # rules; rules+embedding. The llm stage needs a real small LLM: not measured here.
+        for name, config in stage_configurations(offline.config)[:2]:
+            chain, warm = await evaluator.chain(config)
+            outcomes = await evaluator.run(chain, rows)
+            summary = summarize(name, outcomes)
+            summaries.append(summary)
+            print()
+            print("\n".join(format_summary(summary)))
+            for stage in chain.stages:
+                if isinstance(stage, EmbeddingStage) and stage.index is not None:
+                    c = stage.index.calibration
+                    print(
+                        f"   {c.examples} examples (embedded in {warm:.1f}s), leave-one-out"
+                        f" accuracy {c.held_out_accuracy:.1%}, temperature {c.temperature:.4f},"
+                        f" calibration error {c.calibration_error:.3f}; minConfidence {stage.min_confidence:g}"
+                    )
+        print("\n   confusion (rules+embedding):")
+        print("\n".join(format_confusion(summaries[-1])))
+    finally:
+        evaluator.close()
+    print("\n| configuration | accuracy | hard subset | decided by |")
+    print("|---|---|---|---|")
+    for s in summaries:
+        decided = ", ".join(f"{k} {v}" for k, v in s.decided_by.items())
+        print(
+            f"| {s.name} | {s.accuracy:.1%} ({s.correct}/{s.total}) |"
+            f" {s.hard_accuracy:.1%} ({s.hard_correct}/{s.hard_total}) | {decided} |"
+        )
+    intents = list(summaries[-1].per_intent)
+    print("\n| intent | " + " | ".join(s.name for s in summaries) + " |")
+    print("|---|" + "---|" * len(summaries))
+    for intent in intents:
+        cells = []
+        for s in summaries:
+            good, total = s.per_intent[intent]
+            cells.append(f"{good / total:.1%} ({good}/{total})")
+        print(f"| {intent} | " + " | ".join(cells) + " |")
+
+
+async def _vectors(evaluator: Evaluator, url: str, texts: Sequence[str]) -> np.ndarray:
+    from modelflock.router.classify.build import embed_function
+    from modelflock.router.config import Expert
+    from modelflock.router.upstream import ExpertRuntime
+
+    expert = ExpertRuntime(config=Expert(name="embed", urls=[url], model=MODEL), headers=b"")
+    embed = embed_function(evaluator.upstream, expert)
+    out = []
+    for start in range(0, len(texts), 64):
+        out += await embed([embedding_text(t) for t in texts[start : start + 64]])
+    return np.asarray(out, dtype=np.float32)
+
+
+async def compare_scorers(embedders: Sequence[str]) -> None:
+    """kNN vs centroid vs head: leave-one-out on dev, and the inline examples judging dev."""
+    dev = read_labelled((DATA / "dev.jsonl").read_text())
+    bundle = bundle_from_files(POLICY_FILES)
+    inline = [(i.name, t) for i in bundle.policy.spec.classifier.intents for t in i.examples]
+    print(
+        f"dev split: {len(dev)} prompts; the policy's inline examples: {len(inline)}."
+        " Leave-one-out: each dev prompt scored by the other dev prompts (the ConfigMap's"
+        " situation). Inline → dev: only the inline examples, judging the dev prompts."
+    )
+    print(
+        "\n| embedder | scorer | leave-one-out accuracy | calibration error | temperature |"
+        " raw best score p10–p90 | decided at ≥0.5 (accuracy there) | inline → dev accuracy |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for embedder in embedders:
+        with MiniLMServer(embedder) as server:
+            evaluator = Evaluator()
+            try:
+                dev_vectors = await _vectors(evaluator, server.url, [r.prompt for r in dev])
+                inline_vectors = await _vectors(evaluator, server.url, [t for _, t in inline])
+            finally:
+                evaluator.close()
+        for method in METHODS:
+            index = build_index(
+                [(r.intent, v) for r, v in zip(dev, dev_vectors, strict=True)], method
+            )
+            held = index.scorer.held_out_scores()
+            truth = index.scorer.examples.owners
+            probs = softmax(held, index.calibration.temperature)
+            best = probs.max(axis=1)
+            right = probs.argmax(axis=1) == truth
+            sure = best >= 0.5
+            raw = held.max(axis=1)
+            judge = build_index(
+                [(i, v) for (i, _), v in zip(inline, inline_vectors, strict=True)], method
+            )
+            guesses = judge.probabilities(dev_vectors).argmax(axis=1)
+            inline_acc = np.mean(
+                [judge.labels[g] == r.intent for g, r in zip(guesses, dev, strict=True)]
+            )
+            print(
+                f"| {embedder} | {method} | {right.mean():.1%} |"
+                f" {expected_calibration_error(probs, truth):.3f} | {index.calibration.temperature:.4f} |"
+                f" {np.percentile(raw, 10):.2f}–{np.percentile(raw, 90):.2f} |"
+                f" {sure.mean():.0%} ({right[sure].mean():.1%}) | {inline_acc:.1%} |"
+            )
+
+
+async def tune(url: str) -> None:
+    """minConfidence for rules+embedding from dev, leave-one-out: a dev prompt is judged by
+    the policy's examples without itself."""
+    dev = read_labelled((DATA / "dev.jsonl").read_text())
+    _, offline = _offline(url)
+    config = stage_configurations(offline.config)[1][1]
+    evaluator = Evaluator()
+    try:
+        chain, _ = await evaluator.chain(config)
+    finally:
+        evaluator.close()
+    stage = next(s for s in chain.stages if isinstance(s, EmbeddingStage))
+    assert stage.index is not None
+    index = stage.index
+    rules = compile_rules(config.classifier.intents)
+    # Rows of the grouped example set, by (intent, text), to find each dev prompt's row.
+    order = [(label, text) for label in index.labels for (i, text) in stage.examples if i == label]
+    row_of = {pair: n for n, pair in enumerate(order)}
+    probs = softmax(index.scorer.held_out_scores(), index.calibration.temperature)
+    default = config.classifier.default_intent
+    print(f"dev split, leave-one-out, rules first; default intent {default}")
+    print("| minConfidence | accuracy | decided by embedding | hard subset |")
+    print("|---|---|---|---|")
+    table = []
+    for t in THRESHOLDS:
+        correct = hard_correct = decided = 0
+        for r in dev:
+            answer = classify_rules(rules, Features(r.prompt, len(r.prompt), "auto", {}))
+            if answer is None:
+                p = probs[row_of[(r.intent, r.prompt)]]
+                if p.max() >= t:
+                    answer, decided = index.labels[int(p.argmax())], decided + 1
+                else:
+                    answer = default
+            correct += answer == r.intent
+            hard_correct += r.hard and answer == r.intent
+        hard = sum(r.hard for r in dev)
+        table.append((t, correct / len(dev), decided / len(dev)))
+        print(
+            f"| {t:.1f} | {correct / len(dev):.1%} | {decided / len(dev):.0%} | {hard_correct}/{hard} |"
+        )
+    print(f"suggested minConfidence: {suggest_threshold(table)}")
+    rules_only = [
+        (r, classify_rules(rules, Features(r.prompt, len(r.prompt), "auto", {}))) for r in dev
+    ]
+    fired = [(r, a) for r, a in rules_only if a is not None]
+    wrong = [(r, a) for r, a in fired if a != r.intent]
+    print(f"rules: decided {len(fired)} dev prompts, {len(wrong)} wrongly:")
+    for r, a in wrong:
+        print(f"   {r.intent} -> {a}: {r.prompt[:90]!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--split", choices=["test", "dev"], default="test")
+    parser.add_argument("--scorers", action="store_true", help="compare kNN, centroid, head on dev")
+    parser.add_argument("--embedders", default="minilm,hash", help="for --scorers")
+    parser.add_argument("--tune", action="store_true", help="minConfidence from dev, leave-one-out")
+    parser.add_argument(
+        "--write-examples", action="store_true", help="regenerate the example ConfigMap"
+    )
+    args = parser.parse_args(argv)
+    if args.write_examples:
+        write_examples()
+        return 0
+    started = time.monotonic()
+    if args.scorers:
+        asyncio.run(compare_scorers(args.embedders.split(",")))
+    else:
+        with MiniLMServer() as server:
+            asyncio.run(tune(server.url) if args.tune else evaluate_split(server.url, args.split))
+    print(
+        f"\n({time.monotonic() - started:.0f}s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
