@@ -45,13 +45,13 @@ from modelflock.router.classify.calibrate import (  # noqa: E402
 from modelflock.router.classify.embedding import EmbeddingStage, embedding_text  # noqa: E402
 from modelflock.router.classify.evaluate import (  # noqa: E402
     THRESHOLDS,
-    Labelled,
     format_confusion,
     format_summary,
     read_labelled,
     suggest_threshold,
     summarize,
 )
+from modelflock.router.classify.features import Features  # noqa: E402
 from modelflock.router.classify.offline import (  # noqa: E402
     Endpoint,
     Evaluator,
@@ -60,7 +60,6 @@ from modelflock.router.classify.offline import (  # noqa: E402
     stage_configurations,
 )
 from modelflock.router.classify.rules import classify_rules, compile_rules  # noqa: E402
-from modelflock.router.classify.features import Features  # noqa: E402
 from modelflock.router.classify.scoring import METHODS  # noqa: E402
 
 
@@ -123,12 +122,17 @@ class MiniLMServer:
     def __exit__(self, *_: object) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def _offline(url: str):  # type: ignore[no-untyped-def]
     bundle = bundle_from_files(POLICY_FILES)
-    return bundle, offline_config(bundle, {"embed-small": Endpoint(url, MODEL)})
+    # A generous stage budget: accuracy is measured here, latency by bench/router_bench.py.
+    return bundle, offline_config(bundle, {"embed-small": Endpoint(url, MODEL)}, 30_000)
 
 
 async def evaluate_split(url: str, split: str) -> None:
@@ -209,7 +213,7 @@ async def compare_scorers(embedders: Sequence[str]) -> None:
     )
     print(
         "\n| embedder | scorer | leave-one-out accuracy | calibration error | temperature |"
-        " raw best score p10–p90 | decided at ≥0.5 (accuracy there) | inline → dev accuracy |"
+        " raw best score p10-p90 | decided at ≥0.5 (accuracy there) | inline → dev accuracy |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for embedder in embedders:
@@ -241,7 +245,7 @@ async def compare_scorers(embedders: Sequence[str]) -> None:
             print(
                 f"| {embedder} | {method} | {right.mean():.1%} |"
                 f" {expected_calibration_error(probs, truth):.3f} | {index.calibration.temperature:.4f} |"
-                f" {np.percentile(raw, 10):.2f}–{np.percentile(raw, 90):.2f} |"
+                f" {np.percentile(raw, 10):.2f}-{np.percentile(raw, 90):.2f} |"
                 f" {sure.mean():.0%} ({right[sure].mean():.1%}) | {inline_acc:.1%} |"
             )
 

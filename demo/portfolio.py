@@ -106,7 +106,7 @@ PROFILES: dict[str, SimProfile] = {
         degraded_rate=0.05,
     ),
     # A real embedding model (all-MiniLM-L6-v2 on CPU, 384 dims): it embeds the `facts`
-    # knowledge base and the queries looked up in it.
+    # knowledge base, the queries looked up in it, and the classifier's prompts and examples.
     "embed-small": SimProfile(
         max_batch=64, decode_ms=1, engine_args=("--embedding-model", "minilm")
     ),
@@ -425,6 +425,12 @@ class Portfolio:
                 if doc["kind"] == "RoutingPolicy" and "evaluation" in doc["spec"]:
                     # No samples until the demo's quality phase (set_evaluation).
                     doc["spec"]["evaluation"]["sampleRate"] = "0"
+                if doc["kind"] == "RoutingPolicy":
+                    # The demo's embedder is all-MiniLM-L6-v2 on this machine's CPU, not a GPU:
+                    # give its stage the time a CPU needs (the shipped policy expects a GPU).
+                    for stage in doc["spec"]["classifier"]["stages"]:
+                        if stage["type"] == "embedding":
+                            stage["timeoutMilliseconds"] = 3000
                 if doc["kind"] == "ModelExpert" and "autoscaling" in doc["spec"]:
                     # Short windows so scale-down and scale-to-zero happen while you watch.
                     scaling = doc["spec"]["autoscaling"]
@@ -538,6 +544,16 @@ class Portfolio:
         log.close()
         base = self.router_url.removesuffix("/v1")
         wait_for(lambda: _get(base + "/readyz") == 200, "router ready", 30)
+        # The embedding stage embeds the policy's examples (inline and from the ConfigMap)
+        # with the real model first; requests meanwhile would be classified without it.
+        self.say("the router embeds the intent examples with all-MiniLM-L6-v2 (embed-small)")
+        wait_for(self.examples_embedded, "intent examples embedded", 600, 1.0)
+
+    def examples_embedded(self) -> bool:
+        for line in self.router_metrics().splitlines():
+            if line.startswith("modelflock_router_classifier_examples_ready{"):
+                return float(line.rsplit(" ", 1)[1]) > 0
+        return False
 
     def router_metrics(self) -> str:
         base = self.router_url.removesuffix("/v1")

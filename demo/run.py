@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(experts_table(portfolio)))
         print("\n== Where each kind of request went (x-modelflock-expert header)")
         print("\n".join(workload.routing_table(records)))
+        print("\n== Intent mix (the router's classifier decisions, from its /metrics)")
+        print("\n".join(workload.intent_mix(portfolio.router_metrics())))
         print("\n== Autoscaler actions (Events reason=Scaled)")
         for event in portfolio.scale_events():
             stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]

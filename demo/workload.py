@@ -185,3 +185,21 @@ def routing_table(records: Sequence[Record]) -> list[str]:
             f"  {kind:<12} {served:<46} {escalated[kind]:>11} {errors[kind]:>6}  {decided}"
         )
     return lines
+
+
+def intent_mix(metrics_text: str) -> list[str]:
+    """Intents the router decided, and by which stage (modelflock_router_classifier_decisions_total)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "modelflock_router_classifier_decisions_total":
+                counts[sample.labels["intent"]][sample.labels["classifier"]] += int(sample.value)
+    total = sum(sum(c.values()) for c in counts.values()) or 1
+    lines = [f"  {'intent':<12} {'requests':>8} {'share':>6}  decided by"]
+    for intent, by in sorted(counts.items(), key=lambda kv: -sum(kv[1].values())):
+        n = sum(by.values())
+        stages = ", ".join(f"{stage} x{k}" for stage, k in by.most_common())
+        lines.append(f"  {intent:<12} {n:>8} {n / total:>6.0%}  {stages}")
+    return lines

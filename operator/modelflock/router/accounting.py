@@ -82,6 +82,12 @@ class RouterMetrics:
             " bad_response, warming).",
             ("stage", "reason"),
         )
+        self.examples_ready = Gauge(
+            f"{_P}classifier_examples_ready",
+            "Example vectors of the embedding stage ready for the current config (0 while they"
+            " are being embedded: the stage answers `warming` meanwhile).",
+            ("stage",),
+        )
         # The last failure of each stage, for the report to the operator (not exported).
         self.last_stage_failure: dict[str, str] = {}
         self.waiting = Gauge(

@@ -93,7 +93,11 @@ class RouterServer:
         stack.push_async_callback(discovery.close)
         upstream = Upstream(client, discovery)
         holder = await asyncio.to_thread(
-            StateHolder, self.config_path, upstream, lambda r: metrics.reloads.inc((r,))
+            StateHolder,
+            self.config_path,
+            upstream,
+            lambda r: metrics.reloads.inc((r,)),
+            lambda stage, count: metrics.examples_ready.set((stage,), count),
         )
         self._holder = holder
         stack.push_async_callback(holder.close)

@@ -44,6 +44,9 @@ class Gauge:
     def add(self, key: Key, amount: float) -> None:
         self.values[key] = self.values.get(key, 0.0) + amount
 
+    def set(self, key: Key, value: float) -> None:
+        self.values[key] = value
+
     def family(self) -> Metric:
         family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
         for key, value in self.values.items():

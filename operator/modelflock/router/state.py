@@ -140,7 +140,12 @@ def build_state(
 _RETRY_FIRST_SECONDS, _RETRY_MAX_SECONDS = 1.0, 30.0
 
 
-async def _prepare(stage: EmbeddingStage, chain: ClassifierChain, memory: ClassifierMemory) -> None:
+ReadyFn = Callable[[str, int], None]  # (stage, example vectors ready)
+
+
+async def _prepare(
+    stage: EmbeddingStage, chain: ClassifierChain, memory: ClassifierMemory, on_ready: ReadyFn
+) -> None:
     """Embed the examples until it works (the embedding expert may be down or cold); the
     stage answers `warming` meanwhile and never holds a request."""
     delay = _RETRY_FIRST_SECONDS
@@ -153,6 +158,7 @@ async def _prepare(stage: EmbeddingStage, chain: ClassifierChain, memory: Classi
             delay = min(delay * 2, _RETRY_MAX_SECONDS)
             continue
         memory.remember(chain)
+        on_ready(stage.name, len(stage.vectors))
         if index is not None:
             c = index.calibration
             log.info(
@@ -166,30 +172,41 @@ async def _prepare(stage: EmbeddingStage, chain: ClassifierChain, memory: Classi
         return
 
 
-def warm_up(state: RouterState, memory: ClassifierMemory) -> list[asyncio.Task[None]]:
+def warm_up(
+    state: RouterState, memory: ClassifierMemory, on_ready: ReadyFn
+) -> list[asyncio.Task[None]]:
     """Compute the embedding stage's example vectors in the background, not on a request."""
     loop = asyncio.get_running_loop()
-    return [
-        loop.create_task(_prepare(s, state.chain, memory))
-        for s in state.chain.stages
-        if isinstance(s, EmbeddingStage) and not s.ready
-    ]
+    tasks = []
+    for stage in state.chain.stages:
+        if isinstance(stage, EmbeddingStage):
+            on_ready(stage.name, len(stage.vectors) if stage.ready else 0)
+            if not stage.ready:
+                tasks.append(loop.create_task(_prepare(stage, state.chain, memory, on_ready)))
+    return tasks
 
 
 class StateHolder:
     """Owns the current RouterState and reloads it when the watched files change."""
 
-    def __init__(self, path: Path, upstream: Upstream, on_reload: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        upstream: Upstream,
+        on_reload: Callable[[str], None],
+        on_examples: ReadyFn = lambda stage, count: None,
+    ) -> None:
         self.path = path
         self.upstream = upstream
         self.on_reload = on_reload
+        self.on_examples = on_examples
         self.memory = ClassifierMemory()
         config, keys, print_ = load_files(path)  # at startup, before the loop serves requests
         self.current = build_state(config, keys, upstream, print_, self.memory)
         self._warming: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._warming = warm_up(self.current, self.memory)
+        self._warming = warm_up(self.current, self.memory, self.on_examples)
 
     async def reload_if_changed(self) -> bool:
         """Build and swap in a new state when the files changed; keep the old one on error."""
@@ -212,7 +229,7 @@ class StateHolder:
         self.current = state  # the atomic swap: one reference assignment
         for task in self._warming:  # the previous version's examples are no longer needed
             task.cancel()
-        self._warming = warm_up(state, self.memory)
+        self._warming = warm_up(state, self.memory, self.on_examples)
         self.on_reload("success")
         log.info("config reloaded (%s)", new_print[:12])
         return True

@@ -60,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--llm-url", help="base URL serving /v1/chat/completions for the llm stage")
     p.add_argument("--llm-model", help="served model name (default: as the policy renders)")
     p.add_argument(
+        "--stage-timeout-ms",
+        type=int,
+        help="time budget of the embedding and llm stages (default: the policy's); raise it when"
+        " the endpoints given are slower than production ones",
+    )
+    p.add_argument(
         "--all-configurations",
         action="store_true",
         help="evaluate every prefix of the chain (rules; rules+embedding; …), not only the whole",
@@ -96,7 +102,7 @@ async def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
     else:
         bundle = bundle_from_files(args.filename, args.name)
     rows = read_labelled(args.data.read_text(), str(args.data))
-    offline = offline_config(bundle, _endpoints(bundle, args))
+    offline = offline_config(bundle, _endpoints(bundle, args), args.stage_timeout_ms)
     config = offline.config
     known = {i.name for i in config.classifier.intents} | {config.classifier.default_intent}
     unknown = sorted({r.intent for r in rows} - known)

@@ -22,8 +22,8 @@ from modelflock.router.classify.scoring import Method
 
 EmbedFn = Callable[[list[str]], Awaitable[list[list[float]]]]
 
-BATCH = 64  # example texts per embeddings request
-BATCH_TIMEOUT_SECONDS = 60.0
+BATCH = 32  # example texts per embeddings request
+BATCH_TIMEOUT_SECONDS = 120.0
 # Embedding models read a few hundred tokens; the instruction is usually at the start or the
 # end of a long prompt (a pasted article, then "summarise this").
 HEAD_CHARS, TAIL_CHARS = 1500, 500

@@ -153,7 +153,10 @@ def offline_config(bundle: PolicyBundle, endpoints: Mapping[str, Endpoint]) -> O
                 continue
             if stage.type == "embedding" and known is not None and not can_embed(known):
                 continue  # the operator leaves it out too (noted above)
-        stages.append(stage.to_api())
+        rendered_stage = stage.to_api()
+        if stage.expert is not None and stage_timeout_ms is not None:
+            rendered_stage["timeoutMilliseconds"] = stage_timeout_ms
+        stages.append(rendered_stage)
     rendered["classifier"]["stages"] = stages or [{"type": "rules"}]
     for entry in rendered["experts"]:
         endpoint = endpoints.get(entry["name"])
