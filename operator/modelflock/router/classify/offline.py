@@ -128,7 +128,9 @@ class OfflineClassifier:
     notes: list[str] = field(default_factory=list)
 
 
-def offline_config(bundle: PolicyBundle, endpoints: Mapping[str, Endpoint]) -> OfflineClassifier:
+def offline_config(
+    bundle: PolicyBundle, endpoints: Mapping[str, Endpoint], stage_timeout_ms: int | None = None
+) -> OfflineClassifier:
     """Render as the operator does; stages whose expert has no endpoint given are left out
     (and said so), since nothing could answer for them."""
     policy = bundle.policy
