@@ -33,7 +33,7 @@ from modelflock.router.classify.evaluate import Labelled, Outcome
 from modelflock.router.classify.features import Features
 from modelflock.router.config import RouterConfig
 from modelflock.router.http1 import Http1Client
-from modelflock.router.state import build_state
+from modelflock.router.state import Secrets, build_state
 from modelflock.router.upstream import Upstream
 from modelflock.validation import describe
 
@@ -205,7 +205,7 @@ class Evaluator:
 
     async def chain(self, config: RouterConfig) -> tuple[ClassifierChain, float]:
         """The chain, its examples embedded and calibrated (seconds it took)."""
-        chain = build_state(config, {}, self.upstream, "offline", self.memory).chain
+        chain = build_state(config, Secrets({}), self.upstream, "offline", self.memory).chain
         started = time.perf_counter()
         for stage in chain.stages:
             if isinstance(stage, EmbeddingStage):
