@@ -63,7 +63,7 @@ def policy(name: str, experts: list[str], **spec: Any) -> dict[str, Any]:
         "experts": experts,
         "baseline": experts[-1],
         "classifier": {
-            "intents": [{"name": "code", "keywords": ["python"]}],
+            "intents": [{"name": "code", "keywords": ["python"]}, {"name": "chat"}],
             "defaultIntent": "chat",
         },
         "routes": [
