@@ -37,6 +37,7 @@ POLICY_FILES = [
 ]
 MODEL = "all-MiniLM-L6-v2"
 
+from modelflock.router.classify.cache import vector_key  # noqa: E402
 from modelflock.router.classify.calibrate import (  # noqa: E402
     build_index,
     expected_calibration_error,
@@ -64,11 +65,11 @@ from modelflock.router.classify.scoring import METHODS  # noqa: E402
 
 
 def write_examples() -> None:
-    """The example policy's ConfigMap of examples: the dev split, verbatim."""
-    lines = [
-        json.dumps({"prompt": r.prompt, "intent": r.intent}, ensure_ascii=False)
-        for r in read_labelled((DATA / "dev.jsonl").read_text())
-    ]
+    """The example policy's ConfigMap of examples: the dev split and the extra examples
+    written for the policy (bench/data/intents/examples-extra.jsonl), verbatim."""
+    rows = read_labelled((DATA / "dev.jsonl").read_text())
+    rows += read_labelled((DATA / "examples-extra.jsonl").read_text())
+    lines = [json.dumps({"prompt": r.prompt, "intent": r.intent}, ensure_ascii=False) for r in rows]
     doc = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -80,8 +81,9 @@ def write_examples() -> None:
     }
     header = (
         "# Example prompts for the portfolio policy's embedding stage (spec.classifier.examplesFrom),\n"
-        "# one JSON object per line. Generated from bench/data/intents/dev.jsonl by\n"
-        "# `python bench/classifier_eval.py --write-examples`; the test split is never used here.\n"
+        "# one JSON object per line. Generated from bench/data/intents/dev.jsonl and\n"
+        "# examples-extra.jsonl by"
+        " `python bench/classifier_eval.py --write-examples`; the test split is never used here.\n"
     )
     CONFIGMAP_FILE.write_text(
         header + yaml.safe_dump(doc, sort_keys=False, width=1000, allow_unicode=True)
@@ -250,7 +252,7 @@ async def compare_scorers(embedders: Sequence[str]) -> None:
             )
 
 
-async def tune(url: str) -> None:
+async def tune(url: str, methods: Sequence[str]) -> None:
     """minConfidence for rules+embedding from dev, leave-one-out: a dev prompt is judged by
     the policy's examples without itself."""
     dev = read_labelled((DATA / "dev.jsonl").read_text())
@@ -262,14 +264,31 @@ async def tune(url: str) -> None:
     finally:
         evaluator.close()
     stage = next(s for s in chain.stages if isinstance(s, EmbeddingStage))
-    assert stage.index is not None
-    index = stage.index
     rules = compile_rules(config.classifier.intents)
+    for method in methods:
+        print(f"\nscorer {method}:")
+        _tune_table(stage, method, rules, dev, config.classifier.default_intent)
+    _rules_report(rules, dev)
+
+
+def _rules_report(rules, dev):  # type: ignore[no-untyped-def]
+    rules_only = [
+        (r, classify_rules(rules, Features(r.prompt, len(r.prompt), "auto", {}))) for r in dev
+    ]
+    fired = [(r, a) for r, a in rules_only if a is not None]
+    wrong = [(r, a) for r, a in fired if a != r.intent]
+    print(f"rules: decided {len(fired)} dev prompts, {len(wrong)} wrongly:")
+    for r, a in wrong:
+        print(f"   {r.intent} -> {a}: {r.prompt[:90]!r}")
+
+
+def _tune_table(stage, method, rules, dev, default):  # type: ignore[no-untyped-def]
+    pairs = [(i, stage.vectors[vector_key(stage.model, text)]) for i, text in stage.examples]
+    index = build_index(pairs, method)
     # Rows of the grouped example set, by (intent, text), to find each dev prompt's row.
     order = [(label, text) for label in index.labels for (i, text) in stage.examples if i == label]
     row_of = {pair: n for n, pair in enumerate(order)}
     probs = softmax(index.scorer.held_out_scores(), index.calibration.temperature)
-    default = config.classifier.default_intent
     print(f"dev split, leave-one-out, rules first; default intent {default}")
     print("| minConfidence | accuracy | decided by embedding | hard subset |")
     print("|---|---|---|---|")
@@ -292,14 +311,6 @@ async def tune(url: str) -> None:
             f"| {t:.1f} | {correct / len(dev):.1%} | {decided / len(dev):.0%} | {hard_correct}/{hard} |"
         )
     print(f"suggested minConfidence: {suggest_threshold(table)}")
-    rules_only = [
-        (r, classify_rules(rules, Features(r.prompt, len(r.prompt), "auto", {}))) for r in dev
-    ]
-    fired = [(r, a) for r, a in rules_only if a is not None]
-    wrong = [(r, a) for r, a in fired if a != r.intent]
-    print(f"rules: decided {len(fired)} dev prompts, {len(wrong)} wrongly:")
-    for r, a in wrong:
-        print(f"   {r.intent} -> {a}: {r.prompt[:90]!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scorers", action="store_true", help="compare kNN, centroid, head on dev")
     parser.add_argument("--embedders", default="minilm,hash", help="for --scorers")
     parser.add_argument("--tune", action="store_true", help="minConfidence from dev, leave-one-out")
+    parser.add_argument("--methods", default="centroid,knn", help="scorers for --tune")
     parser.add_argument(
         "--write-examples", action="store_true", help="regenerate the example ConfigMap"
     )
@@ -322,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(compare_scorers(args.embedders.split(",")))
     else:
         with MiniLMServer() as server:
-            asyncio.run(tune(server.url) if args.tune else evaluate_split(server.url, args.split))
+            asyncio.run(
+                tune(server.url, args.methods.split(","))
+                if args.tune
+                else evaluate_split(server.url, args.split)
+            )
     print(
         f"\n({time.monotonic() - started:.0f}s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
     )

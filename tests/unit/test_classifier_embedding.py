@@ -209,7 +209,7 @@ async def test_examples_are_embedded_in_batches_and_reused_by_the_next_version()
     many = [("code" if i % 2 else "poem", f"example {i} " + "ab" * (i % 7)) for i in range(150)]
     stage = EmbeddingStage(many, embed, "m", 0.5, 1.0)
     await stage.prepare()
-    assert [len(c) for c in embed.calls] == [BATCH, BATCH, 150 - 2 * BATCH]
+    assert [len(c) for c in embed.calls] == [BATCH] * (150 // BATCH) + [150 % BATCH]
     # The next config version keeps 149 examples and adds one: only that one is embedded.
     changed = [*many[1:], ("poem", "a brand new example")]
     embed.calls.clear()

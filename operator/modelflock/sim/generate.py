@@ -228,6 +228,10 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
         else "stop"
     )
     logprob = -2.5 if behaviour.mode == "low_confidence" else -0.01
+    if behaviour.judge:
+        verdict = judge_verdict(job.prompt_text)
+        if verdict is not None and (not job.choices or verdict in job.choices):
+            return Output([verdict], "stop", logprob)
     if job.choices and behaviour.constraints == "honour":
         label = pick_choice(job, behaviour)
         text = label if job.choice_key is None else json.dumps({job.choice_key: label})
@@ -235,10 +239,6 @@ def plan_output(settings: SimSettings, behaviour: Behaviour, job: Job) -> Output
     for needle, reply in behaviour.replies.items():
         if needle in job.prompt_text:
             return Output(_pieces(reply), "stop", logprob)
-    if behaviour.judge:
-        verdict = judge_verdict(job.prompt_text)
-        if verdict is not None:
-            return Output([verdict], "stop", logprob)
     mode = behaviour.mode
     if mode == "refuse":
         return Output(_pieces(REFUSAL_TEXT), "stop", logprob)

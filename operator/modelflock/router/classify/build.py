@@ -71,7 +71,7 @@ def build_chain(
     experts: Mapping[str, ExpertRuntime],
     upstream: Upstream,
     memory: ClassifierMemory,
-    method: Method = "knn",
+    method: Method = "centroid",
 ) -> ClassifierChain:
     intents = config.classifier.intents
     stages: list[Stage] = []

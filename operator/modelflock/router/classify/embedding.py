@@ -72,7 +72,7 @@ class EmbeddingStage:
         timeout: float,
         cache: VectorCache | None = None,
         known: dict[bytes, Vector] | None = None,
-        method: Method = "knn",
+        method: Method = "centroid",
     ) -> None:
         self.examples = list(examples)
         self._embed = embed
