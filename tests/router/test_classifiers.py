@@ -52,7 +52,8 @@ async def portfolio(
     await flock.sim("coder")
     await flock.sim("poet")
     await flock.sim("generalist")
-    await flock.sim("clf", flavour=clf_flavour, **classifier_sim)
+    # 1024 dimensions: the hashed bag of words of engine-sim hardly collides.
+    await flock.sim("clf", flavour=clf_flavour, embedding_dim=1024, **classifier_sim)
     return await flock.router(
         {
             "experts": [
@@ -89,7 +90,7 @@ async def examples_ready(router: RouterServer) -> None:
 EMBEDDING = {
     "type": "embedding",
     "expert": "clf",
-    "minConfidence": "0.6",
+    "minConfidence": "0.7",
     "timeoutMilliseconds": 2000,
 }
 
