@@ -3,6 +3,7 @@
     python bench/classifier_eval.py                 # test split: rules; rules+embedding
     python bench/classifier_eval.py --scorers       # kNN vs centroid vs linear head (dev only)
     python bench/classifier_eval.py --tune          # minConfidence from dev, leave-one-out
+    python bench/classifier_eval.py --overhead      # time added beyond the embedding call
     python bench/classifier_eval.py --write-examples  # deploy/examples/59-… from dev.jsonl
 
 Starts `modelflock engine-sim --embedding-model minilm` (all-MiniLM-L6-v2 on CPU, on
@@ -313,6 +314,62 @@ def _tune_table(stage, method, rules, dev, default):  # type: ignore[no-untyped-
     print(f"suggested minConfidence: {suggest_threshold(table)}")
 
 
+async def overhead(url: str) -> None:
+    """Classification time beyond the embedding call: the shipped policy's rules+embedding
+    chain (the router's classes), its embedding function timed on its own; dev prompts."""
+    from modelflock.router.classify.build import embed_function
+    from modelflock.router.classify.chain import ClassifierChain
+
+    dev = read_labelled((DATA / "dev.jsonl").read_text())
+    _, offline = _offline(url)
+    config = stage_configurations(offline.config)[1][1]
+    evaluator = Evaluator()
+    try:
+        chain, _ = await evaluator.chain(config)
+        stage = next(s for s in chain.stages if isinstance(s, EmbeddingStage))
+        expert = next(e for e in evaluator_experts(config, evaluator))
+        spent: list[float] = []
+        inner = embed_function(evaluator.upstream, expert)
+
+        async def timed(texts: list[str]) -> list[list[float]]:
+            t0 = time.perf_counter()
+            try:
+                return await inner(texts)
+            finally:
+                spent.append(time.perf_counter() - t0)
+
+        timed_stage = EmbeddingStage(
+            stage.examples, timed, stage.model, stage.min_confidence, 30.0, known=stage.vectors
+        )
+        assert timed_stage.ready
+        timed_chain = ClassifierChain([chain.stages[0], timed_stage], chain.default_intent)
+        rows: dict[str, list[float]] = {"miss": [], "hit": []}
+        for kind in ("miss", "hit"):  # the second pass finds every prompt in the LRU
+            for r in dev:
+                spent.clear()
+                t0 = time.perf_counter()
+                decision = await timed_chain.classify(Features(r.prompt, len(r.prompt), "auto", {}))
+                total = time.perf_counter() - t0
+                if any(o.stage == "embedding" for o in decision.trail):
+                    rows[kind].append((total - sum(spent)) * 1000)
+    finally:
+        evaluator.close()
+    print(f"{len(dev)} dev prompts through rules+embedding ({len(stage.examples)} examples)")
+    print("| path | prompts reaching the embedding stage | added p50 | added p99 | max |")
+    print("|---|---|---|---|---|")
+    for kind, label in (("miss", "LRU miss (embedding call)"), ("hit", "LRU hit (no call)")):
+        values = sorted(rows[kind])
+        p50, p99 = (values[min(len(values) - 1, round(q * (len(values) - 1)))] for q in (0.5, 0.99))
+        print(f"| {label} | {len(values)} | {p50:.3f} ms | {p99:.3f} ms | {values[-1]:.3f} ms |")
+
+
+def evaluator_experts(config, evaluator):  # type: ignore[no-untyped-def]
+    from modelflock.router.state import Secrets, build_state
+
+    state = build_state(config, Secrets({}), evaluator.upstream, "overhead")
+    return [state.experts[str(s.expert)] for s in config.classifier.stages if s.type == "embedding"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -322,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedders", default="minilm,hash", help="for --scorers")
     parser.add_argument("--tune", action="store_true", help="minConfidence from dev, leave-one-out")
     parser.add_argument("--methods", default="centroid,knn", help="scorers for --tune")
+    parser.add_argument(
+        "--overhead", action="store_true", help="classification time beyond the embedding call"
+    )
     parser.add_argument(
         "--write-examples", action="store_true", help="regenerate the example ConfigMap"
     )
@@ -334,11 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(compare_scorers(args.embedders.split(",")))
     else:
         with MiniLMServer() as server:
-            asyncio.run(
-                tune(server.url, args.methods.split(","))
-                if args.tune
-                else evaluate_split(server.url, args.split)
-            )
+            if args.tune:
+                asyncio.run(tune(server.url, args.methods.split(",")))
+            elif args.overhead:
+                asyncio.run(overhead(server.url))
+            else:
+                asyncio.run(evaluate_split(server.url, args.split))
     print(
         f"\n({time.monotonic() - started:.0f}s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
     )

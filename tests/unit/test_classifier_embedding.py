@@ -274,3 +274,16 @@ def test_prompt_cache_is_a_bounded_lru_keyed_by_a_hash() -> None:
     cache.put(c, vec)
     assert cache.get(b) is None and cache.get(a) is vec and cache.get(c) is vec
     assert len(cache) == 2
+
+
+@pytest.mark.parametrize("method", ["knn", "centroid", "head"])
+def test_the_per_request_path_agrees_with_the_batch_path(method: str) -> None:
+    centers, pairs = clusters(seed=3)
+    index = build_index(pairs, method)  # type: ignore[arg-type]
+    rng = np.random.default_rng(5)
+    for center in centers:
+        query = center + rng.normal(scale=1.0, size=center.size)
+        probs = index.probabilities(np.asarray([query], dtype=np.float32))[0]
+        label, p = index.best(query)
+        assert label == index.labels[int(probs.argmax())]
+        assert p == pytest.approx(float(probs.max()), rel=1e-5)

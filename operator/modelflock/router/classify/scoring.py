@@ -190,12 +190,15 @@ class Scorer:
     method: Method = "knn"
     k: int = DEFAULT_K
     head: Head | None = None
+    centroids: Vectors | None = None  # computed once per config version (method centroid)
 
     def scores(self, queries: Vectors) -> Scores:
         if self.method == "knn":
             return knn_scores(self.examples, queries, self.k)
         if self.method == "centroid":
-            return centroid_scores(self.examples, queries)
+            assert self.centroids is not None
+            out: Scores = (queries @ self.centroids.T).astype(np.float64)
+            return out
         assert self.head is not None
         return head_scores(self.head, queries)
 
@@ -211,4 +214,5 @@ def scorer(examples: ExampleSet, method: Method = "knn", k: int = DEFAULT_K) -> 
     head = None
     if method == "head":
         head = train_head(examples.vectors, examples.owners, len(examples.labels))
-    return Scorer(examples, method, k, head)
+    centroids = _centroids(examples) if method == "centroid" else None
+    return Scorer(examples, method, k, head, centroids)
