@@ -145,7 +145,7 @@ def test_the_embedding_stage_decides_with_the_real_model(
     # No rule matches these: the nearest examples decide.
     for prompt, intent in [
         ("Could you explain why my recursive function never returns?", "code"),
-        ("Can you recommend a good podcast about history?", "chat"),
+        ("What should I do this weekend to relax?", "chat"),
     ]:
         _, headers = ledger.ask(client, prompt, max_tokens=16)
         assert (headers["x-modelflock-classifier"], headers["x-modelflock-intent"]) == (

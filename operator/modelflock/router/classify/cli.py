@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="evaluate every prefix of the chain (rules; rules+embedding; …), not only the whole",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument("--show-errors", action="store_true", help="list the misclassified prompts")
     p.add_argument(
         "--min-accuracy",
         type=float,
@@ -122,6 +123,14 @@ async def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
             summary = summarize(name, outcomes)
             entry = summary.to_json()
             lines += ["", *format_summary(summary), "   confusion:", *format_confusion(summary)]
+            wrong = [o for o in outcomes if not o.correct]
+            if wrong and args.show_errors:
+                lines.append("   misclassified (labelled -> decided, by):")
+                lines += [
+                    f"     {o.row.intent} -> {o.decision.intent} ({o.decision.classifier}):"
+                    f" {o.row.prompt[:100]!r}"
+                    for o in wrong
+                ]
             for stage in chain.stages:
                 if isinstance(stage, EmbeddingStage) and stage.index is not None:
                     c = stage.index.calibration
