@@ -161,7 +161,7 @@ def test_a_refusal_escalates_to_the_frontier(
     _, headers = ledger.ask(client, "[hard] What is the meaning of this riddle?", max_tokens=64)
     assert headers["x-modelflock-expert"] == "frontier"
     assert int(headers["x-modelflock-escalations"]) >= 1
-    if headers["x-modelflock-route"] == "chat":  # the route with retrieval and handoff
+    if headers["x-modelflock-route"] == "lookup":  # the route with retrieval and handoff
         assert headers["x-modelflock-retrieval"] == "miss"
         handed = [
             line

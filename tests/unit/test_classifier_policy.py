@@ -126,7 +126,10 @@ def test_missing_config_maps_and_keys_are_reported() -> None:
 def test_config_map_examples_are_rendered_into_the_intents() -> None:
     p = policy(examplesFrom=[{"configMap": "cm", "key": "k"}])
     config = render_router_config(
-        p, EXPERTS, RouterSettings(operator_url=None), [("code", "debug this"), ("chat", "hi")]
+        p,
+        EXPERTS,
+        RouterSettings(operator_url=None),
+        examples=[("code", "debug this"), ("chat", "hi")],
     )
     classifier = config["classifier"]
     assert "examplesFrom" not in classifier  # the router reads no ConfigMaps
@@ -201,13 +204,15 @@ def test_classifier_degraded_condition() -> None:
     assert (cond.status, cond.reason, cond.observed_generation) == ("False", "StagesAnswering", 3)
     problems = [Problem("EmbeddingTimeout", "embedding stage timed out"), Problem("X", "second")]
     later = NOW + timedelta(minutes=1)
-    degraded = compute_policy_status(p, EXPERTS, "cm", "h", healthy, later, problems)
+    degraded = compute_policy_status(
+        p, EXPERTS, "cm", "h", healthy, later, classifier_problems=problems
+    )
     cond = next(c for c in degraded.conditions if c.type == "ClassifierDegraded")
     assert (cond.status, cond.reason) == ("True", "EmbeddingTimeout")
     assert cond.message == "embedding stage timed out; second"
     assert cond.last_transition_time == later
     again = compute_policy_status(
-        p, EXPERTS, "cm", "h", degraded, later + timedelta(minutes=1), problems
+        p, EXPERTS, "cm", "h", degraded, later + timedelta(minutes=1), classifier_problems=problems
     )
     cond = next(c for c in again.conditions if c.type == "ClassifierDegraded")
     assert cond.last_transition_time == later  # unchanged status: the transition time stays

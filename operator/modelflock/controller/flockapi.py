@@ -145,6 +145,7 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         reports[name] = StoreReport(reachable, detail, datetime.now(UTC))
         if before is None or before.reachable != reachable:
             ctx.trigger_policy(key)
+        return web.json_response({"accepted": True}, status=202)
 
     async def classifier(request: web.Request) -> web.Response:
         """A router's classifier health report; feeds the ClassifierDegraded condition."""

@@ -144,7 +144,7 @@ def offline_config(
         if p.reason != "StageExpertNotFound"  # offline, an expert may live in no given file
     ]
     rendered = render_router_config(
-        policy, bundle.experts, RouterSettings(operator_url=None), loaded.examples
+        policy, bundle.experts, RouterSettings(operator_url=None), examples=loaded.examples
     )
     stages = []
     for stage in classifier.stages:
