@@ -131,7 +131,7 @@ async def ingest_corpus(
                 return embed_url
 
             embedder = Embedder(session, base, MODEL)
-            settings = IngestSettings(120, 20, 64, 384, "bench")
+            settings = IngestSettings(120, 20, 64, 384, "bench", parallelism=2)
             started = time.perf_counter()
             result = await ingest(store, docs, embedder.embed, settings)
             seconds = time.perf_counter() - started

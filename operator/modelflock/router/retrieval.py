@@ -49,7 +49,11 @@ _VECTOR_CACHE_SIZE = 4096
 
 
 class StoreUnavailable(Exception):
-    pass
+    """The store (or its credentials) failed: skipped for a while, reported to the operator."""
+
+
+class EmbeddingUnavailable(Exception):
+    """The query could not be embedded (the embedder is slow or failing, not the store)."""
 
 
 @dataclass
@@ -144,11 +148,10 @@ class RetrievalStep:
                 body = await self.upstream.call_json(expert, "/embeddings", payload)
             vector = [float(x) for x in body["data"][0]["embedding"]]
         except (UpstreamFailure, TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
-            raise StoreUnavailable(
-                f"embedding the query failed: {exc or type(exc).__name__}"
-            ) from None
+            detail = str(exc) or type(exc).__name__
+            raise EmbeddingUnavailable(f"embedding the query failed: {detail}") from None
         if len(vector) != kb.dimensions:
-            raise StoreUnavailable(
+            raise EmbeddingUnavailable(
                 f"expert {kb.expert} returned {len(vector)} dimensions, the table has {kb.dimensions}"
             )
         usage = body.get("usage")
@@ -179,6 +182,12 @@ class RetrievalStep:
             # The query's embedding is paid for whatever happens next.
             self._charge_embedding(job, kb, tokens)
             passages = await self._search(pool, kb, vector, spec.top_k)
+        except EmbeddingUnavailable as exc:
+            # This request falls through; the store stays in use for the next ones.
+            headers["x-modelflock-retrieval"] = "unavailable"
+            self.metrics.retrievals.inc((job.route, kb.name, "unavailable"))
+            log.warning("route %s: knowledge base %s: %s", job.route, kb.name, exc)
+            return None
         except StoreUnavailable as exc:
             self._stores.setdefault(kb.name, _Store()).skip_until = (
                 loop.time() + kb.retry_after_seconds

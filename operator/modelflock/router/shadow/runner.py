@@ -104,7 +104,9 @@ class ShadowStep:
 
     def after(self, job: Job, served: Served) -> None:
         config = job.state.config
-        if config.evaluation is None:
+        if config.evaluation is None or served.expert not in job.state.experts:
+            # Only expert answers are compared: one served from a knowledge base (`kb:<name>`,
+            # docs/retrieval.md) has no expert to weigh a candidate against.
             return
         decision = sample(
             self._plans_for(config),
