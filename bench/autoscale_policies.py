@@ -1,13 +1,15 @@
-"""Scaling policies compared by the benchmark: ours (the real decide()) and the baselines."""
+"""Scaling policies compared by the benchmark: ours (the operator's own decide()) and the
+baselines as users run them."""
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from autoscale_workloads import ModelSize, Workload
+from autoscale_engine import PodSample
 from modelflock.autoscale.algorithm import (
     Demand,
     Observation,
@@ -21,16 +23,14 @@ from modelflock.autoscale.algorithm import (
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """What a policy may know at a tick: replica state now, load as of `lag` seconds ago."""
+    """What a policy may know at a tick: replicas now, each ready pod's metrics `lag` s old."""
 
     now: int
     replicas: int
     ready: int
     starting_ages: tuple[int, ...]
-    waiting: float
-    running: float
-    ready_sampled: int  # replicas that were ready when `waiting` and `running` were sampled
-    held_by_router: int  # requests a router holds because no replica is ready
+    samples: tuple[PodSample, ...]  # one per pod ready now (zeros if it was not ready then)
+    held_by_router: int  # requests routers hold because no replica is ready (pushed, fresh)
 
 
 class Policy(Protocol):
@@ -40,26 +40,9 @@ class Policy(Protocol):
     def decide(self, view: View) -> int: ...
 
 
-def per_pod_loads(view: View) -> tuple[PodLoad, ...]:
-    """What the operator's per-pod scrape sees, `lag` seconds late.
-
-    The router balances, so the replicas that were ready at the sample share its load evenly.
-    A replica that became ready since held nothing then; a removed one is no longer scraped.
-    (Spreading old totals over the replicas ready now would make every pod look saturated at
-    a fraction of its batch right after a scale-up.)
-    """
-    if not view.ready:
-        return ()
-    if not view.ready_sampled:
-        return tuple(PodLoad(0.0, 0.0) for _ in range(view.ready))
-    share = PodLoad(view.waiting / view.ready_sampled, view.running / view.ready_sampled)
-    kept = min(view.ready, view.ready_sampled)
-    return (share,) * kept + (PodLoad(0.0, 0.0),) * (view.ready - kept)
-
-
 @dataclass
 class Ours:
-    """The operator's algorithm with its CRD defaults; only min/max come from the expert."""
+    """The operator's algorithm (`modelflock.autoscale.algorithm.decide`), the same code."""
 
     policy: ScalingPolicy
     name: str = "ours"
@@ -70,7 +53,10 @@ class Ours:
         obs = Observation(
             now=float(view.now),
             current_replicas=view.replicas,
-            ready=per_pod_loads(view),
+            ready=tuple(
+                PodLoad(float(s.waiting), float(s.running), kv_cache_usage=s.kv_usage)
+                for s in view.samples
+            ),
             starting=tuple(StartingPod(age_seconds=a) for a in view.starting_ages),
             demand=Demand(view.now, view.held_by_router) if view.held_by_router else None,
         )
@@ -79,18 +65,32 @@ class Ours:
         return decision.desired_replicas
 
 
-@dataclass
-class HpaLike:
-    """HorizontalPodAutoscaler v2 behaviour on an average-per-pod metric.
+def waiting_total(samples: Sequence[PodSample]) -> float:
+    return float(sum(s.waiting for s in samples))
 
-    desired = ceil(total / target), 10% tolerance, up by max(100%, 4 pods) per sync,
-    down to the highest recommendation of the last `down_window` seconds. No scale to zero.
+
+def in_flight_total(samples: Sequence[PodSample]) -> float:
+    return float(sum(s.waiting + s.running for s in samples))
+
+
+def kv_total(samples: Sequence[PodSample]) -> float:
+    return sum(s.kv_usage for s in samples)
+
+
+@dataclass
+class Hpa:
+    """HorizontalPodAutoscaler v2 (directly, or fed by KEDA) on an AverageValue metric.
+
+    desired = ceil(total / target) unless total / (target * ready) is within 10 % of 1;
+    up by at most max(100 %, 4 pods) per sync; down only to the highest recommendation of
+    the last 300 s (the default behaviour); never below min (1: a queue metric of 0 pods
+    cannot wake from zero).
     """
 
     name: str
-    interval: int
+    metric: Callable[[Sequence[PodSample]], float]
     target: float
-    use_running: bool
+    interval: int = 15
     min_replicas: int = 1
     max_replicas: int = 10
     down_window: int = 300
@@ -98,12 +98,12 @@ class HpaLike:
 
     def decide(self, view: View) -> int:
         current = view.replicas
-        metric = view.waiting + (view.running if self.use_running else 0.0)
+        total = self.metric(view.samples)
         if view.ready == 0:
             raw = current
         else:
-            ratio = metric / (self.target * view.ready)
-            raw = current if abs(ratio - 1) <= 0.1 else math.ceil(metric / self.target)
+            ratio = total / (self.target * view.ready)
+            raw = current if abs(ratio - 1) <= 0.1 else math.ceil(total / self.target - 1e-9)
         raw = min(self.max_replicas, max(self.min_replicas, raw))
         self.history.append((view.now, raw))
         while self.history and view.now - self.history[0][0] > self.down_window:
@@ -129,7 +129,7 @@ class KubeAiLike:
     lower_since: int | None = None
 
     def decide(self, view: View) -> int:
-        self.samples.append(view.waiting + view.running + view.held_by_router)
+        self.samples.append(in_flight_total(view.samples) + view.held_by_router)
         while len(self.samples) > self.window // self.interval:
             self.samples.popleft()
         avg = sum(self.samples) / len(self.samples)
@@ -145,24 +145,22 @@ class KubeAiLike:
 
 
 @dataclass
-class Oracle:
-    """Perfect foresight: knows the arrival rate and the cold start, starts replicas exactly
-    early enough for the load to come and removes them the moment they are not needed."""
+class Replay:
+    """Plays a fixed schedule (replicas per segment) with perfect foresight: each replica is
+    created one cold start (plus node delay) before the segment that needs it."""
 
-    workload: Workload
-    size: ModelSize
-    name: str = "oracle"
-    interval: int = 5
-    utilisation: float = 0.85  # headroom for Poisson noise
-    max_replicas: int = 10
-
-    def need(self, t: int) -> int:
-        t = min(t, self.workload.duration - 1)
-        # It also foresees the request mix: replicas hold fewer sequences when they are longer.
-        rate = self.workload.load(t) / self.workload.batch_factor(t)
-        return math.ceil(rate / self.utilisation - 1e-9)
+    name: str
+    schedule: Sequence[int]
+    segment: int
+    lead: int
+    interval: int = 1
 
     def decide(self, view: View) -> int:
-        horizon = self.size.cold_start_seconds + self.interval
-        wanted = max(self.need(t) for t in range(view.now, view.now + horizon + 1, 5))
-        return min(self.max_replicas, wanted)
+        k = view.now // self.segment
+        ahead = (view.now + self.lead) // self.segment
+        if k >= len(self.schedule):
+            return self.schedule[-1]
+        wanted = self.schedule[k]
+        for j in range(k + 1, min(len(self.schedule), ahead + 1)):
+            wanted = max(wanted, self.schedule[j])
+        return wanted

@@ -1,243 +1,470 @@
-"""Trace-driven simulation of one expert under several workloads and scaling policies.
+"""Autoscaling benchmark: policies against a lower bound, on simulated vLLM-like fleets.
 
-    python bench/autoscale_sim.py [--seed 7] [--lag 10] [--markdown /tmp/autoscale-bench.md]
+    python bench/autoscale_sim.py --quick          # smoke test: 1 seed, defaults only (~1 min)
+    python bench/autoscale_sim.py                  # 10 seeds, knob sweeps, bound (long)
+    python bench/autoscale_sim.py --seeds 1-10 --markdown /tmp/autoscale-bench.md
 
-Time advances in 1 s steps. Requests arrive (Poisson), wait in one FIFO queue (the router
-balances across replicas), run in the replicas' batches for about the model's service time and
-complete. Replicas take the model's cold start to become ready; policies see load `--lag`
-seconds old. Removed replicas stop taking work at once and are billed while they drain.
+See docs/autoscaling.md for the model, the policies and the tables this prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import multiprocessing
 import random
+import statistics
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from autoscale_policies import HpaLike, KubeAiLike, Oracle, Ours, Policy, View
-from autoscale_workloads import LARGE, SMALL, ModelSize, Workload, poisson, workloads
+from autoscale_bound import Plan, plan
+from autoscale_engine import Fleet, PodSample
+from autoscale_policies import (
+    Hpa,
+    KubeAiLike,
+    Ours,
+    Policy,
+    Replay,
+    View,
+    in_flight_total,
+    kv_total,
+    waiting_total,
+)
+from autoscale_workloads import (
+    BASE_MIX,
+    LOAD_TEST_MIX,
+    SIZES,
+    ModelSize,
+    Workload,
+    poisson,
+    workloads,
+)
 from modelflock.autoscale.algorithm import ScalingPolicy
 
-OBJECTIVE_SECONDS = 2  # queue-time objective per request
 MAX_REPLICAS = 10
-# A request's run time varies with its output length: a quarter each at these fractions of the
-# mean (mean 1.0), so completions spread out like a real batch's.
-SERVICE_SPREAD = (0.4, 0.8, 1.1, 1.7)
-FLAP_SECONDS = 600  # a reversal of direction within this long counts as flapping
+WARM_UP_SECONDS = 600  # served at the first second's load, not counted
+TARGETS = (0.95, 0.99)
 
 
-@dataclass
-class Replica:
-    ready_at: int
-    created_at: int
+# -- policies and their knobs -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A policy as users run it, its main knob's default and the values swept."""
+
+    name: str
+    knob: str
+    default: float
+    sweep: tuple[float, ...]
+    make: Callable[[ModelSize, float], Policy]
+    note: str = ""
 
 
-@dataclass
+def _ours(size: ModelSize, knob: float) -> Policy:
+    return Ours(
+        ScalingPolicy(min_replicas=0, max_replicas=MAX_REPLICAS, target_queue_depth=int(knob))
+    )
+
+
+def _keda(size: ModelSize, knob: float) -> Policy:
+    # The production-stack recipe: sum of vllm:num_requests_waiting, threshold 5
+    # (AverageValue), polling 15 s, min 1; cooldownPeriod 360 s only applies to 1 -> 0.
+    return Hpa("keda recipe", waiting_total, target=knob, interval=15)
+
+
+def _hpa_waiting(size: ModelSize, knob: float) -> Policy:
+    return Hpa("hpa waiting", waiting_total, target=knob, interval=15)
+
+
+def _hpa_load_test(size: ModelSize, knob: float) -> Policy:
+    # In-flight per pod, target = the batch a load test measured at another mix (x knob).
+    return Hpa(
+        "hpa in-flight (load test)",
+        in_flight_total,
+        target=knob * size.batch(LOAD_TEST_MIX),
+        interval=15,
+    )
+
+
+def _hpa_kv(size: ModelSize, knob: float) -> Policy:
+    return Hpa("hpa kv-cache", kv_total, target=knob, interval=15)
+
+
+def _kubeai(size: ModelSize, knob: float) -> Policy:
+    return KubeAiLike(target=knob * size.batch(LOAD_TEST_MIX))
+
+
+def _hand_fed(size: ModelSize, knob: float) -> Policy:
+    # Reference only: the true batch of the base mix, which users do not have.
+    return Hpa("hpa hand-fed (reference)", in_flight_total, target=knob * size.batch(BASE_MIX))
+
+
+FAMILIES = (
+    Family("ours", "targetQueueDepth", 2, (1, 2, 4), _ours),
+    Family("keda recipe", "threshold", 5, (1, 2, 5, 10), _keda),
+    Family("hpa waiting", "target", 1, (), _hpa_waiting),
+    Family("hpa in-flight (load test)", "target x", 1.0, (0.6, 0.8, 1.0), _hpa_load_test),
+    Family("hpa kv-cache", "target", 0.8, (), _hpa_kv),
+    Family("kubeai-like", "target x", 1.0, (), _kubeai),
+    Family("hpa hand-fed (reference)", "target x", 1.0, (), _hand_fed),
+)
+
+
+# -- one run ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
 class Result:
-    policy: str
-    requests: int = 0
-    on_time: int = 0
-    gpu_seconds: float = 0.0
-    scale_events: int = 0
-    reversals: int = 0
-    recover_seconds: float | None = None
-
-    @property
-    def attainment(self) -> float:
-        return self.on_time / self.requests if self.requests else 1.0
-
-
-@dataclass
-class Cluster:
-    """The expert's replicas and the requests in flight."""
-
-    size: ModelSize
-    replicas: list[Replica] = field(default_factory=list)
-    queue: deque[list[int]] = field(default_factory=deque)  # [arrival second, count]
-    waiting: int = 0
-    running: int = 0
-    completions: dict[int, int] = field(default_factory=dict)
-    draining_until: list[int] = field(default_factory=list)
-
-    batch: int = 0  # the effective batch of one replica right now
-
-    def ready(self, now: int) -> int:
-        return sum(1 for r in self.replicas if r.ready_at <= now)
-
-    def scale_to(self, desired: int, now: int) -> None:
-        if desired > len(self.replicas):
-            for _ in range(desired - len(self.replicas)):
-                self.replicas.append(Replica(now + self.size.cold_start_seconds, now))
-            return
-        # Like a ReplicaSet: remove not-ready pods first, then the newest.
-        order = sorted(self.replicas, key=lambda r: (r.ready_at <= now, r.created_at))
-        for victim in order[: len(self.replicas) - desired]:
-            self.replicas.remove(victim)
-            if victim.ready_at <= now:
-                # It finishes what it runs before its GPU is free.
-                self.draining_until.append(now + round(self.size.service_seconds))
-
-    def admit(self, now: int) -> list[tuple[int, int]]:
-        """Start waiting requests in free batch slots; returns (arrival second, count) admitted."""
-        free = self.batch * self.ready(now) - self.running
-        admitted: list[tuple[int, int]] = []
-        while free > 0 and self.queue:
-            head = self.queue[0]
-            take = min(free, head[1])
-            admitted.append((head[0], take))
-            head[1] -= take
-            free -= take
-            if head[1] == 0:
-                self.queue.popleft()
-        started = sum(c for _, c in admitted)
-        self.waiting -= started
-        self.running += started
-        for i, frac in enumerate(SERVICE_SPREAD):
-            share = started // len(SERVICE_SPREAD) + (1 if i < started % len(SERVICE_SPREAD) else 0)
-            if share:
-                at = now + max(1, round(self.size.service_seconds * frac))
-                self.completions[at] = self.completions.get(at, 0) + share
-        return admitted
+    family: str
+    knob: float | None
+    requests: int
+    attainment: float  # TTFT and TPOT within objective
+    queue_attainment: float  # waited <= 2 s
+    p95_ttft: float
+    p99_ttft: float
+    worst_episode: float
+    gpu_hours: float
+    scale_events: int
+    direction_changes: int
 
 
-def _in_step(workload: Workload, arrival: int) -> bool:
-    if workload.step_at is None or arrival < workload.step_at:
-        return False
-    return workload.step_until is None or arrival < workload.step_until
+def steady_replicas(workload: Workload, size: ModelSize) -> int:
+    """Replicas a fleet runs in steady state at the first second's load (85 % busy)."""
+    rate = workload.rate(size, 0)
+    if rate <= 0:
+        return 0
+    return min(MAX_REPLICAS, math.ceil(rate / (0.85 * size.throughput(workload.mix(0)))))
 
 
-def simulate(workload: Workload, size: ModelSize, policy: Policy, seed: int, lag: int) -> Result:
-    rng = random.Random(seed)
-    cluster = Cluster(size)
-    result = Result(policy.name)
-    snapshots: deque[tuple[int, int, int, int]] = deque()  # (waiting, running, held, ready)
-    desired_log: list[tuple[int, int]] = []
-    last_miss_arrival: int | None = None
-    initial = 1 if workload.load(0) > 0 else 0
-    cluster.scale_to(initial, -size.cold_start_seconds)  # warm start for loaded workloads
-
-    for now in range(workload.duration):
-        cluster.batch = workload.batch(size, now)
-        arrivals = poisson(rng, workload.load(now) * size.throughput)
-        if arrivals:
-            cluster.queue.append([now, arrivals])
-            cluster.waiting += arrivals
-            result.requests += arrivals
-        cluster.running -= cluster.completions.pop(now, 0)
-        for arrival, count in cluster.admit(now):
-            if now - arrival <= OBJECTIVE_SECONDS:
-                result.on_time += count
-            elif _in_step(workload, arrival):
-                last_miss_arrival = max(last_miss_arrival or arrival, arrival)
-
-        ready = cluster.ready(now)
-        held = cluster.waiting if ready == 0 else 0
-        snapshots.append((cluster.waiting, cluster.running, held, ready))
+def simulate(
+    workload: Workload,
+    size: ModelSize,
+    policy: Policy,
+    arrivals: Sequence[int],
+    *,
+    seed: int,
+    lag: int,
+    node_delay: int,
+    family: str,
+    knob: float | None,
+) -> Result:
+    fleet = Fleet(size, node_delay)
+    n0 = steady_replicas(workload, size)
+    fleet.scale_to(n0, -WARM_UP_SECONDS, warm=True)
+    warm_rng = random.Random(f"warm/{seed}/{workload.name}/{size.name}")
+    rate0 = workload.rate(size, 0)
+    mix0 = workload.mix(0)
+    snapshots: deque[tuple[PodSample, ...]] = deque()
+    log: list[tuple[int, int]] = []
+    for now in range(-WARM_UP_SECONDS, workload.duration):
+        if now < 0:
+            fleet.step(now, poisson(warm_rng, rate0), mix0)
+        else:
+            fleet.step(now, arrivals[now], workload.mix(now))
+        snapshots.append(fleet.sample(now))
         if len(snapshots) > lag + 1:
             snapshots.popleft()
+        if now % policy.interval:
+            continue
+        ready = fleet.ready_pods(now)
+        old = {s.pod: s for s in snapshots[0]}
+        view = View(
+            now=now,
+            replicas=fleet.replicas(),
+            ready=len(ready),
+            starting_ages=tuple(fleet.starting_ages(now)),
+            samples=tuple(old.get(i, PodSample(i, 0, 0, 0.0)) for i, _ in ready),
+            held_by_router=fleet.held_count,
+        )
+        desired = max(0, min(MAX_REPLICAS, policy.decide(view)))
+        if now < 0:
+            continue  # the warm-up primes the policy's memory; the fleet stays steady
+        current = fleet.replicas()
+        if desired != current:
+            log.append((now, 1 if desired > current else -1))
+            fleet.scale_to(desired, now)
+    fleet.finish(workload.duration)
+    out = fleet.out
+    changes = sum(1 for (_, a), (_, b) in itertools.pairwise(log) if a != b)
+    return Result(
+        family=family,
+        knob=knob,
+        requests=out.requests,
+        attainment=out.slo_met / out.requests if out.requests else 1.0,
+        queue_attainment=out.queue_met / out.requests if out.requests else 1.0,
+        p95_ttft=out.ttft_percentile(0.95),
+        p99_ttft=out.ttft_percentile(0.99),
+        worst_episode=out.worst_episode(),
+        gpu_hours=out.gpu_seconds / 3600,
+        scale_events=len(log),
+        direction_changes=changes,
+    )
 
-        if now % policy.interval == 0:
-            waiting, running, held_then, ready_then = snapshots[0]
-            view = View(
-                now=now,
-                replicas=len(cluster.replicas),
-                ready=ready,
-                starting_ages=tuple(
-                    now - r.created_at for r in cluster.replicas if r.ready_at > now
-                ),
-                waiting=waiting,
-                running=running,
-                ready_sampled=ready_then,
-                held_by_router=max(held, held_then),
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    seed: int
+    size: str
+    workload: str
+    sweep: bool
+    lag: int
+    node_delay: int
+    bound: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    case: Case
+    predictable: bool
+    load_changes: int
+    results: tuple[Result, ...]
+    plans: tuple[Plan, ...]
+
+
+def run_case(case: Case) -> CaseResult:
+    size = next(s for s in SIZES if s.name == case.size)
+    workload = next(w for w in workloads(case.seed) if w.name == case.workload)
+    arrivals = workload.arrivals(size, case.seed)
+    results: list[Result] = []
+    for fam in FAMILIES:
+        knobs = sorted({fam.default, *fam.sweep}) if case.sweep else [fam.default]
+        for knob in knobs:
+            results.append(
+                simulate(
+                    workload,
+                    size,
+                    fam.make(size, knob),
+                    arrivals,
+                    seed=case.seed,
+                    lag=case.lag,
+                    node_delay=case.node_delay,
+                    family=fam.name,
+                    knob=knob,
+                )
             )
-            desired = max(0, min(MAX_REPLICAS, policy.decide(view)))
-            if desired != len(cluster.replicas):
-                desired_log.append((now, desired - len(cluster.replicas)))
-                cluster.scale_to(desired, now)
-
-        cluster.draining_until = [t for t in cluster.draining_until if t > now]
-        result.gpu_seconds += (len(cluster.replicas) + len(cluster.draining_until)) * size.gpus
-
-    # Requests still queued at the end never met the objective (they are already counted).
-    result.scale_events = len(desired_log)
-    result.reversals = sum(
-        1
-        for (t0, d0), (t1, d1) in itertools.pairwise(desired_log)
-        if d0 < 0 < d1 and t1 - t0 < FLAP_SECONDS
-    )
-    if workload.step_at is not None:
-        result.recover_seconds = (
-            0.0 if last_miss_arrival is None else float(last_miss_arrival - workload.step_at)
+    plans: tuple[Plan, ...] = ()
+    if case.bound:
+        n0 = steady_replicas(workload, size)
+        plans = tuple(plan(workload, size, arrivals, TARGETS, MAX_REPLICAS, n0))
+        top = plans[-1]
+        lead = size.cold_start_seconds + case.node_delay
+        results.append(
+            simulate(
+                workload,
+                size,
+                Replay("plan replay", top.schedule, top.segment, lead),
+                arrivals,
+                seed=case.seed,
+                lag=case.lag,
+                node_delay=case.node_delay,
+                family="plan replay (99 %)",
+                knob=None,
+            )
         )
-    return result
+    return CaseResult(case, workload.predictable, workload.load_changes, tuple(results), plans)
 
 
-def our_policy(capacity_hint: int | None = None) -> ScalingPolicy:
-    """The CRD defaults; the expert's own bounds are the only per-benchmark settings."""
-    return ScalingPolicy(min_replicas=0, max_replicas=MAX_REPLICAS, capacity_hint=capacity_hint)
+# -- reading the results ------------------------------------------------------------------
+def matched(results: Sequence[Result], target: float) -> float | None:
+    """GPU-hours at `target` attainment on a family's curve (cheapest points, interpolated);
+    None if no knob value reached it."""
+    points = sorted((r.attainment, r.gpu_hours) for r in results)
+    # Cheapest GPU-hours for at least this attainment (the curve's lower envelope).
+    frontier: list[tuple[float, float]] = []
+    for att, gpu in reversed(points):
+        if not frontier or gpu < frontier[-1][1]:
+            frontier.append((att, gpu))
+    frontier.reverse()  # rising attainment, rising GPU-hours
+    above = [p for p in frontier if p[0] >= target]
+    if not above:
+        return None
+    hi = above[0]
+    below = [p for p in frontier if p[0] < target]
+    if not below:
+        return hi[1]
+    lo = below[-1]
+    share = (target - lo[0]) / (hi[0] - lo[0])
+    return lo[1] + share * (hi[1] - lo[1])
 
 
-def policies(workload: Workload, size: ModelSize) -> list[Policy]:
-    return [
-        Ours(our_policy()),
-        # The same with spec.autoscaling.capacityHint set to the load-tested batch: the number
-        # hpa-like and kubeai-like are given as their target.
-        Ours(our_policy(size.batch), name="ours + capacityHint"),
-        # HPA on average in-flight (running + waiting) per pod, targeting one full batch.
-        HpaLike("hpa-like", interval=15, target=size.batch, use_running=True),
-        # KEDA ScaledObject on vllm:num_requests_waiting, threshold 5, polling 30 s.
-        HpaLike("keda-like", interval=30, target=5, use_running=False),
-        KubeAiLike(target=size.batch),
-        Oracle(workload, size),
+def _fmt_range(values: Sequence[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"
+
+
+def defaults_table(cases: Sequence[CaseResult]) -> str:
+    lines = [
+        "| model | workload | policy | SLO attainment | queue ≤ 2 s | p99 TTFT s | worst 10 min |"
+        " GPU-hours | direction changes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for c in cases:
+        groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    defaults = {f.name: f.default for f in FAMILIES}
+    for (size, workload), group in groups.items():
+        names = [r.family for r in group[0].results if r.knob in (None, defaults.get(r.family))]
+        for name in dict.fromkeys(names):
+            rows = [
+                r
+                for c in group
+                for r in c.results
+                if r.family == name and r.knob in (None, defaults.get(name))
+            ]
+            lines.append(
+                f"| {size} | {workload} | {name} | "
+                f"{_fmt_range([100 * r.attainment for r in rows], '.1f')} | "
+                f"{_fmt_range([100 * r.queue_attainment for r in rows], '.1f')} | "
+                f"{_fmt_range([r.p99_ttft for r in rows], '.1f')} | "
+                f"{_fmt_range([100 * r.worst_episode for r in rows], '.0f')} | "
+                f"{_fmt_range([r.gpu_hours for r in rows], '.1f')} | "
+                f"{_fmt_range([float(r.direction_changes) for r in rows], '.1f')} |"
+            )
+        bounds = [p for c in group for p in c.plans]
+        for target in TARGETS:
+            vals = [p.bound_gpu_seconds / 3600 for p in bounds if p.target == target]
+            if vals:
+                lines.append(
+                    f"| {size} | {workload} | **lower bound at {100 * target:.0f} %** | "
+                    f"{100 * target:.0f} | | | | {_fmt_range(vals, '.1f')} | |"
+                )
+    return "\n".join(lines) + "\n"
 
 
-def run(seed: int, lag: int) -> list[tuple[str, str, Result]]:
-    rows = []
-    for size in (SMALL, LARGE):
-        for workload in workloads(seed):
-            for policy in policies(workload, size):
-                rows.append((size.name, workload.name, simulate(workload, size, policy, seed, lag)))
-    return rows
-
-
-def table(rows: list[tuple[str, str, Result]]) -> str:
-    header = (
-        "| model | workload | policy | queue time <= 2 s | GPU-hours | vs HPA | "
-        "scale events | reversals < 10 min | recover after step |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
-    )
-    hpa = {(m, w): r.gpu_seconds for m, w, r in rows if r.policy == "hpa-like"}
-    added = {w.name for w in workloads(0) if w.added}
-    lines = []
-    for model, workload, r in rows:
-        vs = r.gpu_seconds / hpa[(model, workload)] - 1 if hpa[(model, workload)] else 0.0
-        recover = "-" if r.recover_seconds is None else f"{r.recover_seconds:.0f} s"
-        name = f"{workload} (added)" if workload in added else workload
+def matched_table(cases: Sequence[CaseResult]) -> str:
+    swept = [f.name for f in FAMILIES if f.sweep]
+    head = " | ".join(f"{n} @{100 * t:.0f}" for t in TARGETS for n in swept)
+    lines = [
+        f"| model | workload | seed | {head} | bound @95 | bound @99 |",
+        "|---|---|---:|" + "---:|" * (len(swept) * len(TARGETS) + 2),
+    ]
+    for c in cases:
+        cells = []
+        for target in TARGETS:
+            for name in swept:
+                v = matched([r for r in c.results if r.family == name], target)
+                cells.append("n/r" if v is None else f"{v:.1f}")
+        b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
+        cells += [f"{b[t]:.1f}" if t in b else "-" for t in TARGETS]
         lines.append(
-            f"| {model} | {name} | {r.policy} | {100 * r.attainment:.1f}% | "
-            f"{r.gpu_seconds / 3600:.1f} | {100 * vs:+.0f}% | {r.scale_events} | "
-            f"{r.reversals} | {recover} |"
+            f"| {c.case.size} | {c.case.workload} | {c.case.seed} | " + " | ".join(cells) + " |"
         )
-    return header + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def goals_table(cases: Sequence[CaseResult]) -> str:
+    """Per workload x seed: ours against the KEDA recipe at matched attainment, against the
+    bound, and flapping."""
+    lines = [
+        "| model | workload | seed | ours vs KEDA @95 | ours vs KEDA @99 | ours (default) "
+        "attainment | ours / bound @99 | ≤ goal | direction changes / load changes |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for c in cases:
+        ours = [r for r in c.results if r.family == "ours"]
+        keda = [r for r in c.results if r.family == "keda recipe"]
+        cells = []
+        for target in TARGETS:
+            o, k = matched(ours, target), matched(keda, target)
+            if o is None:
+                cells.append("ours n/r")
+            elif k is None:
+                cells.append("KEDA n/r")
+            else:
+                cells.append(f"{100 * (o / k - 1):+.0f}%")
+        default = next(r for r in ours if r.knob == 2)
+        b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
+        goal = 1.10 if c.predictable else 1.25
+        if 0.99 in b and b[0.99] > 0:
+            ratio = default.gpu_hours / b[0.99]
+            ok = ratio <= goal and default.attainment >= 0.97
+            bound_cell, goal_cell = f"{ratio:.2f}", ("yes" if ok else "no") + f" (≤ {goal:.2f})"
+        else:
+            bound_cell, goal_cell = "-", "-"
+        lines.append(
+            f"| {c.case.size} | {c.case.workload} | {c.case.seed} | {cells[0]} | {cells[1]} | "
+            f"{100 * default.attainment:.1f}% | {bound_cell} | {goal_cell} | "
+            f"{default.direction_changes} / {c.load_changes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def beaten_bounds(cases: Sequence[CaseResult]) -> list[str]:
+    """Runs that reached a target with fewer GPU-hours than its bound (should never happen)."""
+    out = []
+    for c in cases:
+        for p in c.plans:
+            for r in c.results:
+                if r.attainment >= p.target and r.gpu_hours < p.bound_gpu_seconds / 3600:
+                    out.append(
+                        f"{c.case.size} {c.case.workload} seed {c.case.seed}: {r.family} "
+                        f"({r.knob}) {r.gpu_hours:.2f} GPU-h at {100 * r.attainment:.1f}% < "
+                        f"bound {p.bound_gpu_seconds / 3600:.2f} at {100 * p.target:.0f}%"
+                    )
+    return out
+
+
+def _seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += list(range(int(lo), int(hi or lo) + 1))
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seeds", default="1-10", help="e.g. 1-10 or 1,7,13")
+    parser.add_argument("--quick", action="store_true", help="seed 1, defaults only, no bound")
+    parser.add_argument("--no-sweep", action="store_true", help="each policy at its default only")
+    parser.add_argument("--no-bound", action="store_true", help="skip the lower-bound planner")
     parser.add_argument("--lag", type=int, default=10, help="metric lag in seconds")
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--node-delay", type=int, default=0, help="node provisioning seconds")
+    parser.add_argument("--models", default="7B,70B")
+    parser.add_argument("--workloads", default="", help="comma-separated name prefixes")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args(argv)
+    seeds = [1] if args.quick else _seeds(args.seeds)
+    sweep = not (args.quick or args.no_sweep)
+    bound = not (args.quick or args.no_bound)
+    prefixes = [p for p in args.workloads.split(",") if p]
+    cases = [
+        Case(seed, size, w.name, sweep, args.lag, args.node_delay, bound)
+        for size in args.models.split(",")
+        for w in workloads(0)
+        if not prefixes or any(w.name.startswith(p) for p in prefixes)
+        for seed in seeds
+    ]
     started = time.perf_counter()
-    rows = run(args.seed, args.lag)
-    text = table(rows)
+    # Longest first, so two workers finish together.
+    order = sorted(
+        cases, key=lambda c: -next(w.duration for w in workloads(0) if w.name == c.workload)
+    )
+    if args.jobs > 1:
+        with multiprocessing.Pool(args.jobs) as pool:
+            done = pool.map(run_case, order, chunksize=1)
+    else:
+        done = [run_case(c) for c in order]
+    index = {c: i for i, c in enumerate(cases)}
+    done.sort(key=lambda r: index[r.case])
+    text = "### Each policy at its default setting (mean and range over seeds)\n\n"
+    text += defaults_table(done)
+    if sweep:
+        text += "\n### GPU-hours at matched attainment (knob swept; n/r = not reached)\n\n"
+        text += matched_table(done)
+    if bound:
+        text += "\n### Goals per workload and seed\n\n" + goals_table(done)
+        beaten = beaten_bounds(done)
+        text += "\nRuns below the bound: " + ("none" if not beaten else "; ".join(beaten)) + "\n"
     sys.stdout.write(text)
-    sys.stdout.write(f"\n{len(rows)} runs in {time.perf_counter() - started:.1f} s\n")
+    sys.stdout.write(f"\n{len(cases)} cases in {time.perf_counter() - started:.0f} s\n")
     if args.markdown:
         args.markdown.write_text(text)
     return 0

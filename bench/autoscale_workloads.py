@@ -1,7 +1,8 @@
-"""Workloads and engine models for the autoscaling benchmark (all seeded, all deterministic)."""
+"""Engine models and workloads for the autoscaling benchmark (all seeded, all deterministic)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -9,51 +10,141 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Mix:
+    """The request mix at one moment: mean prompt and output length in tokens."""
+
+    prompt: int
+    output: int
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV-cache tokens one request holds (prompt and output, reserved when admitted)."""
+        return self.prompt + self.output
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSize:
-    """One replica of an expert: how much it holds, how fast it serves, how slowly it starts."""
+    """One replica of an expert, modelled like a vLLM engine.
+
+    A decode step takes `step_base + step_per_seq * running` seconds, so a fuller batch serves
+    every request more slowly (and the replica's throughput grows less than linearly). Prompts
+    are prefilled at `prefill_tokens_per_second`, which stalls decoding for that long. A
+    request is admitted while fewer than `max_seqs` run and the KV cache has room for it.
+    """
 
     name: str
     gpus: int
-    batch: int  # requests one replica runs at once (effective, KV-cache limited)
-    service_seconds: float  # mean time a request runs once admitted
-    cold_start_seconds: int  # pod created -> ready (schedule, pull cached image, load weights)
+    max_seqs: int
+    kv_capacity: int  # KV-cache tokens of one replica
+    step_base: float
+    step_per_seq: float
+    prefill_tokens_per_second: float
+    cold_start_seconds: int  # pod created -> ready (schedule, pull a cached image, load weights)
+    ttft_slo: float  # time to first token objective (queue wait + prefill + one step)
+    tpot_slo: float  # time per output token objective (the request's own mean)
 
-    @property
-    def throughput(self) -> float:
-        """Requests per second one saturated replica completes."""
-        return self.batch / self.service_seconds
+    def batch(self, mix: Mix) -> int:
+        """Requests one replica runs at once with this mix (KV cache or max_seqs bound)."""
+        return max(1, min(self.max_seqs, self.kv_capacity // mix.kv_tokens))
+
+    def step(self, running: float) -> float:
+        return self.step_base + self.step_per_seq * running
+
+    def prefill_seconds(self, mix: Mix) -> float:
+        return mix.prompt / self.prefill_tokens_per_second
+
+    def decode_seconds(self, mix: Mix, running: float) -> float:
+        """Time a request's output takes at this occupancy when nothing prefills."""
+        return mix.output * self.step(running)
+
+    def throughput(self, mix: Mix) -> float:
+        return _throughput(self, mix)
 
 
-# 7B on one GPU: ~300 output tokens at ~20 ms/token, ~48 sequences in flight; weights load in
-# tens of seconds. 70B on four GPUs (tensor parallel): ~50 ms/token, fewer sequences fit in the
-# KV cache, and loading ~140 GB of weights takes minutes.
-SMALL = ModelSize("7B", gpus=1, batch=48, service_seconds=6.0, cold_start_seconds=45)
-LARGE = ModelSize("70B", gpus=4, batch=24, service_seconds=15.0, cold_start_seconds=300)
+@functools.lru_cache(maxsize=64)
+def _throughput(size: ModelSize, mix: Mix) -> float:
+    """Requests per second one replica completes with a full batch of this mix.
+
+    Prefilling the arrivals stalls decoding for a share `rate * prefill` of each second,
+    so the batch's residence time is prefill + decode / (1 - rate * prefill): solved for
+    the rate by bisection.
+    """
+    batch = size.batch(mix)
+    p, d = size.prefill_seconds(mix), size.decode_seconds(mix, batch)
+    lo, hi = 0.0, 1.0 / p
+    for _ in range(60):
+        rate = (lo + hi) / 2
+        residence = p + d / max(1e-9, 1 - rate * p)
+        if rate * residence > batch:
+            hi = rate
+        else:
+            lo = rate
+    return lo
 
 
-def _same_mix(t: int) -> float:
-    return 1.0
+BASE_MIX = Mix(prompt=1000, output=300)
+# The mix a user load-tested at to pick an HPA target: shorter prompts than production.
+LOAD_TEST_MIX = Mix(prompt=500, output=300)
+LONG_MIX = Mix(prompt=2300, output=300)  # long documents: half the sequences fit
+SHORT_MIX = Mix(prompt=350, output=300)  # chat turns: twice the sequences fit
+
+# 7B on one GPU: ~21 ms per step at 48 sequences, 40k prompt tokens/s (chunked), weights load in 45 s.
+SMALL = ModelSize(
+    "7B",
+    gpus=1,
+    max_seqs=256,
+    kv_capacity=62_400,
+    step_base=0.014,
+    step_per_seq=0.00015,
+    prefill_tokens_per_second=40_000,
+    cold_start_seconds=45,
+    ttft_slo=2.5,
+    tpot_slo=0.040,
+)
+# 70B on four GPUs (tensor parallel): ~49 ms per step at 24 sequences, ~140 GB to load.
+LARGE = ModelSize(
+    "70B",
+    gpus=4,
+    max_seqs=256,
+    kv_capacity=31_200,
+    step_base=0.035,
+    step_per_seq=0.0006,
+    prefill_tokens_per_second=12_000,
+    cold_start_seconds=300,
+    ttft_slo=4.0,
+    tpot_slo=0.100,
+)
+SIZES = (SMALL, LARGE)
+
+
+def _base(t: int) -> Mix:
+    return BASE_MIX
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """Arrival rate over time, in replica-equivalents (1.0 = one saturated replica's throughput
-    with the request mix the expert was load-tested on)."""
+    """Arrival rate over time in replica-equivalents: 1.0 = the requests per second one
+    replica completes with a full batch of the base mix. `mix` may change the request lengths
+    (and so what one replica holds) while the rate stays."""
 
     name: str
     duration: int
     load: Callable[[int], float]
+    predictable: bool
+    mix: Callable[[int], Mix] = _base
     # The moment load jumps, for "time to recover" (None: no single step to recover from).
     step_at: int | None = None
-    step_until: int | None = None
-    # Effective batch relative to the load-tested one: longer prompts and outputs leave room
-    # in the KV cache for fewer sequences. Fixed-target baselines keep the tested number.
-    batch_factor: Callable[[int], float] = _same_mix
-    # Not in the issue's original set (marked in the table): models what a fixed target misses.
-    added: bool = False
+    # Moments the load changes direction or level: "no flapping" allows one direction change
+    # per load change.
+    load_changes: int = 1
 
-    def batch(self, size: ModelSize, t: int) -> int:
-        return max(1, round(size.batch * self.batch_factor(t)))
+    def rate(self, size: ModelSize, t: int) -> float:
+        return self.load(t) * size.throughput(BASE_MIX)
+
+    def arrivals(self, size: ModelSize, seed: int) -> list[int]:
+        """Requests arriving in each second: the same for every policy and the planner."""
+        rng = random.Random(f"{seed}/{self.name}/{size.name}")
+        return [poisson(rng, self.rate(size, t)) for t in range(self.duration)]
 
 
 def _step(t: int) -> float:
@@ -74,13 +165,21 @@ def _idle_then_burst(t: int) -> float:
     return 4.0 if 1200 <= t < 2100 else 0.0
 
 
-def _longer_requests(t: int) -> float:
-    # After 30 min, long-document traffic joins: sequences hold twice the KV cache.
-    return 0.5 if t >= 1800 else 1.0
+def _constant(level: float) -> Callable[[int], float]:
+    def load(t: int) -> float:
+        return level
+
+    return load
 
 
-def _mix_shift(t: int) -> float:
-    return 2.5
+def _longer_after(t: int) -> Mix:
+    # After 30 min, long-document traffic: each sequence holds twice the KV cache.
+    return LONG_MIX if t >= 1800 else BASE_MIX
+
+
+def _shorter_after(t: int) -> Mix:
+    # After 30 min, chat traffic: each sequence holds half the KV cache.
+    return SHORT_MIX if t >= 1800 else BASE_MIX
 
 
 def _business_hours(t: int) -> float:
@@ -96,16 +195,18 @@ def _business_hours(t: int) -> float:
     return 1.5 * (close_at + ramp - t) / ramp
 
 
-def _bursty(seed: int) -> Callable[[int], float]:
-    """Base load with bursts at 3x, starting as a Poisson process (one per ~8 minutes)."""
-    rng = random.Random(seed)
+def _bursty(seed: int) -> tuple[Callable[[int], float], int]:
+    """Base load 2 with bursts at 3x, starting as a Poisson process (one per ~8 minutes)."""
+    rng = random.Random(f"bursts/{seed}")
     duration = 5400
     boost = [1.0] * duration
+    bursts = 0
     t = 0.0
     while True:
         t += rng.expovariate(1 / 480)
         if t >= duration:
             break
+        bursts += 1
         length = rng.randint(60, 180)
         for s in range(int(t), min(duration, int(t) + length)):
             boost[s] = 3.0
@@ -113,25 +214,41 @@ def _bursty(seed: int) -> Callable[[int], float]:
     def load(t: int) -> float:
         return 2.0 * boost[t] if t < duration else 2.0
 
-    return load
+    return load, 2 * bursts
 
 
 def workloads(seed: int) -> list[Workload]:
+    bursty, burst_changes = _bursty(seed)
     return [
-        Workload("step", 5400, _step, step_at=1200, step_until=3600),
-        Workload("ramp", 5400, _ramp),
-        Workload("bursty", 5400, _bursty(seed)),
-        Workload("daily cycle (6 h)", 21600, _daily),
-        Workload("idle-then-burst", 3600, _idle_then_burst, step_at=1200, step_until=2100),
+        Workload("step", 5400, _step, predictable=False, step_at=1200, load_changes=2),
+        Workload("ramp", 5400, _ramp, predictable=True, load_changes=2),
+        Workload("bursty", 5400, bursty, predictable=False, load_changes=burst_changes),
+        Workload("daily cycle (6 h)", 21600, _daily, predictable=True, load_changes=2),
         Workload(
-            "mix shift to longer requests",
-            5400,
-            _mix_shift,
-            step_at=1800,
-            batch_factor=_longer_requests,
-            added=True,
+            "idle-then-burst",
+            3600,
+            _idle_then_burst,
+            predictable=False,
+            step_at=1200,
+            load_changes=2,
         ),
-        Workload("business-hours expert (6 h)", 21600, _business_hours, added=True),
+        Workload(
+            "mix shift to longer",
+            5400,
+            _constant(2.5),
+            predictable=True,
+            mix=_longer_after,
+            step_at=1800,
+        ),
+        Workload(
+            "mix shift to shorter",
+            5400,
+            _constant(2.5),
+            predictable=True,
+            mix=_shorter_after,
+            step_at=1800,
+        ),
+        Workload("business hours (6 h)", 21600, _business_hours, predictable=True, load_changes=2),
     ]
 
 

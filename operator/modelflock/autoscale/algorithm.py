@@ -73,10 +73,11 @@ class ScalingPolicy:
 
 @dataclass(frozen=True, slots=True)
 class PodLoad:
-    """Requests on one ready pod at scrape time."""
+    """Requests on one ready pod at scrape time, and its KV cache in use (0..1) if exposed."""
 
     waiting: float
     running: float
+    kv_cache_usage: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
