@@ -47,11 +47,10 @@ class Plan:
 
 
 @functools.lru_cache(maxsize=64)
-def effective_batch(size: ModelSize, mix: Mix) -> int:
-    """Requests a saturated replica of the simulation really runs with this mix (measured:
-    KV-cache reservations of uneven outputs leave part of the cache unusable, so fewer than
-    `size.batch(mix)`), rounded up: the planner's replicas are never smaller than the
-    simulation's."""
+def saturated(size: ModelSize, mix: Mix) -> tuple[float, float]:
+    """What a saturated replica of the simulation really runs and completes with this mix:
+    (mean running requests, requests per second). KV-cache reservations of uneven outputs
+    leave part of the cache unusable, so it runs fewer than `size.batch(mix)`."""
     from autoscale_engine import Fleet
 
     fleet = Fleet(size)
@@ -60,9 +59,17 @@ def effective_batch(size: ModelSize, mix: Mix) -> int:
     running = []
     for t in range(-1000, 0):
         fleet.step(t, round(rate * (t + 1)) - round(rate * t), mix)
+        if t == -700:
+            done_before = sum(p.completed for p in fleet.pods.values())
         if t >= -700:
             running.extend(p.running for p in fleet.pods.values())
-    return max(1, min(size.batch(mix), math.ceil(sum(running) / len(running))))
+    done = sum(p.completed for p in fleet.pods.values()) - done_before
+    return sum(running) / len(running), done / 700
+
+
+def effective_batch(size: ModelSize, mix: Mix) -> int:
+    """The planner's replica: the simulation's saturated batch, rounded up (never smaller)."""
+    return max(1, min(size.batch(mix), math.ceil(saturated(size, mix)[0])))
 
 
 def allowed_wait(size: ModelSize, mix: Mix) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from autoscale_workloads import Mix, ModelSize
 
-# A request's output length varies: a quarter each at these fractions of the mix's mean.
+# A request's output length varies: these fractions of the mix's mean, in turn.
 OUTPUT_SPREAD = (0.4, 0.8, 1.1, 1.7)
 QUEUE_WAIT_OBJECTIVE = 2  # seconds, reported next to the TTFT/TPOT objective
 EPISODE_SECONDS = 600  # attainment is also reported per 10-minute window of arrivals
@@ -58,6 +58,8 @@ class Pod:
     steps: float = 0.0  # decode steps done since the pod started
     prefill_debt: float = 0.0  # prefill seconds spilling into the next second
     prefill_used: float = 0.0  # prefill seconds of the current second (no decoding then)
+    turn: int = 0  # which of OUTPUT_SPREAD the next admitted chunk gets
+    completed: int = 0  # finished requests (vllm:request_success_total)
     # (steps at which done, seq, count, admitted at, output tokens, kv tokens, on time, arrival)
     batch: list[tuple[float, int, int, int, int, int, bool, int]] = field(default_factory=list)
 
@@ -77,6 +79,7 @@ class PodSample:
     waiting: int
     running: int
     kv_usage: float
+    completed: int
 
 
 @dataclass
@@ -123,7 +126,6 @@ class Fleet:
         self.free_nodes: list[int] = []  # release times of idle nodes
         self._next_id = 0
         self._seq = 0
-        self._turn = 0
 
     # -- replicas -------------------------------------------------------------------------
     def replicas(self) -> int:
@@ -251,6 +253,7 @@ class Fleet:
         while batch and batch[0][0] <= pod.steps:
             _, _, n, admitted, tokens, kv, ttft_ok, arrival = heapq.heappop(batch)
             pod.running -= n
+            pod.completed += n
             pod.kv_used -= n * kv
             if arrival >= 0 and ttft_ok and (now - admitted) <= tpot_slo * tokens:
                 out.slo_met += n
@@ -291,22 +294,17 @@ class Fleet:
                     out.queue_met += take
             elapsed += cost
             budget -= cost
-            # Output lengths: a quarter each at OUTPUT_SPREAD; remainders rotate, so single
-            # arrivals get every length in turn.
-            base, rest = divmod(take, spread)
-            for j in range(spread):
-                n = base + (1 if (j - self._turn) % spread < rest else 0)
-                if not n:
-                    continue
-                tokens = _tokens(mix.output, j)
-                kv = mix.prompt + tokens
-                self._seq += 1
-                heapq.heappush(
-                    pod.batch,
-                    (pod.steps + tokens, self._seq, n, now, tokens, kv, ttft_ok, head.arrival),
-                )
-                pod.kv_used += n * kv
-            self._turn = (self._turn + take) % spread
+            # Output lengths: each admitted chunk gets the next of OUTPUT_SPREAD in turn (per
+            # pod), so lengths vary across chunks and seconds.
+            tokens = _tokens(mix.output, pod.turn)
+            pod.turn = (pod.turn + 1) % spread
+            kv = mix.prompt + tokens
+            self._seq += 1
+            heapq.heappush(
+                pod.batch,
+                (pod.steps + tokens, self._seq, take, now, tokens, kv, ttft_ok, head.arrival),
+            )
+            pod.kv_used += take * kv
             pod.running += take
             pod.waiting -= take
             head.count -= take
@@ -319,7 +317,8 @@ class Fleet:
     def sample(self, now: int) -> tuple[PodSample, ...]:
         cap = self.size.kv_capacity
         return tuple(
-            PodSample(i, p.waiting, p.running, p.kv_used / cap) for i, p in self.ready_pods(now)
+            PodSample(i, p.waiting, p.running, p.kv_used / cap, p.completed)
+            for i, p in self.ready_pods(now)
         )
 
     def finish(self, end: int) -> None:

@@ -48,20 +48,28 @@ class Ours:
     name: str = "ours"
     interval: int = 5
     memory: ScalerMemory = field(default_factory=ScalerMemory)
+    message: str = ""  # the last decision's, for tracing
 
     def decide(self, view: View) -> int:
         obs = Observation(
             now=float(view.now),
             current_replicas=view.replicas,
             ready=tuple(
-                PodLoad(float(s.waiting), float(s.running), kv_cache_usage=s.kv_usage)
+                PodLoad(
+                    float(s.waiting),
+                    float(s.running),
+                    kv_cache_usage=s.kv_usage,
+                    completed=float(s.completed),
+                )
                 for s in view.samples
             ),
+            names=tuple(f"pod-{s.pod}" for s in view.samples),
             starting=tuple(StartingPod(age_seconds=a) for a in view.starting_ages),
             demand=Demand(view.now, view.held_by_router) if view.held_by_router else None,
         )
         decision = decide(self.policy, obs, self.memory)
         self.memory = decision.memory
+        self.message = decision.message
         return decision.desired_replicas
 
 

@@ -1,8 +1,8 @@
 """Autoscaling benchmark: policies against a lower bound, on simulated vLLM-like fleets.
 
-    python bench/autoscale_sim.py --quick          # smoke test: 1 seed, defaults only (~1 min)
-    python bench/autoscale_sim.py                  # 10 seeds, knob sweeps, bound (long)
-    python bench/autoscale_sim.py --seeds 1-10 --markdown /tmp/autoscale-bench.md
+    python bench/autoscale_sim.py --quick                   # smoke: seed 1, 3 workloads, bound
+    python bench/autoscale_sim.py --seeds 1-10 --no-sweep   # defaults and bound, 10 seeds
+    python bench/autoscale_sim.py --seeds 1-10              # full: + knob sweeps (long)
 
 See docs/autoscaling.md for the model, the policies and the tables this prints.
 """
@@ -13,6 +13,7 @@ import argparse
 import itertools
 import math
 import multiprocessing
+import pickle
 import random
 import statistics
 import sys
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscale_bound import Plan, plan
+from autoscale_bound import Plan, plan, saturated
 from autoscale_engine import Fleet, PodSample
 from autoscale_policies import (
     Hpa,
@@ -44,10 +45,10 @@ from autoscale_workloads import (
     poisson,
     workloads,
 )
-from modelflock.autoscale.algorithm import ScalingPolicy
+from modelflock.autoscale.algorithm import ScalerMemory, ScalingPolicy, remembered
 
 MAX_REPLICAS = 10
-WARM_UP_SECONDS = 600  # served at the first second's load, not counted
+WARM_UP_SECONDS = 300  # served at the first second's load, not counted
 TARGETS = (0.95, 0.99)
 
 
@@ -65,8 +66,14 @@ class Family:
 
 
 def _ours(size: ModelSize, knob: float) -> Policy:
+    # The CRD defaults; only the expert's bounds and the swept burstHeadroom are set. The
+    # expert served before (a previous day): its status keeps what the autoscaler learned
+    # then, as the operator's does across restarts (capacity, service time, cold start).
+    batch, rate = saturated(size, BASE_MIX)
+    memory = remembered(ScalerMemory(), batch, batch / rate, size.cold_start_seconds)
     return Ours(
-        ScalingPolicy(min_replicas=0, max_replicas=MAX_REPLICAS, target_queue_depth=int(knob))
+        ScalingPolicy(min_replicas=0, max_replicas=MAX_REPLICAS, burst_headroom=knob),
+        memory=memory,
     )
 
 
@@ -104,10 +111,10 @@ def _hand_fed(size: ModelSize, knob: float) -> Policy:
 
 
 FAMILIES = (
-    Family("ours", "targetQueueDepth", 2, (1, 2, 4), _ours),
-    Family("keda recipe", "threshold", 5, (1, 2, 5, 10), _keda),
+    Family("ours", "burstHeadroom", 1.0, (0.0, 1.0, 3.0), _ours),
+    Family("keda recipe", "threshold", 5, (1, 2, 5), _keda),
     Family("hpa waiting", "target", 1, (), _hpa_waiting),
-    Family("hpa in-flight (load test)", "target x", 1.0, (0.6, 0.8, 1.0), _hpa_load_test),
+    Family("hpa in-flight (load test)", "target x", 1.0, (0.6, 1.0), _hpa_load_test),
     Family("hpa kv-cache", "target", 0.8, (), _hpa_kv),
     Family("kubeai-like", "target x", 1.0, (), _kubeai),
     Family("hpa hand-fed (reference)", "target x", 1.0, (), _hand_fed),
@@ -175,7 +182,7 @@ def simulate(
             replicas=fleet.replicas(),
             ready=len(ready),
             starting_ages=tuple(fleet.starting_ages(now)),
-            samples=tuple(old.get(i, PodSample(i, 0, 0, 0.0)) for i, _ in ready),
+            samples=tuple(old.get(i, PodSample(i, 0, 0, 0.0, 0)) for i, _ in ready),
             held_by_router=fleet.held_count,
         )
         desired = max(0, min(MAX_REPLICAS, policy.decide(view)))
@@ -378,7 +385,7 @@ def goals_table(cases: Sequence[CaseResult]) -> str:
                 cells.append("KEDA n/r")
             else:
                 cells.append(f"{100 * (o / k - 1):+.0f}%")
-        default = next(r for r in ours if r.knob == 2)
+        default = next(r for r in ours if r.knob == FAMILIES[0].default)
         b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
         goal = 1.10 if c.predictable else 1.25
         if 0.99 in b and b[0.99] > 0:
@@ -410,6 +417,27 @@ def beaten_bounds(cases: Sequence[CaseResult]) -> list[str]:
     return out
 
 
+def _cache_file(cache: Path, case: Case) -> Path:
+    key = f"{case.size}-{case.workload}-{case.seed}-{case.sweep}-{case.bound}-{case.lag}-{case.node_delay}"
+    return cache / (key.replace(" ", "_").replace("/", "_") + ".pickle")
+
+
+def _load(cache: Path | None, case: Case) -> CaseResult | None:
+    if cache is None or not _cache_file(cache, case).exists():
+        return None
+    with _cache_file(cache, case).open("rb") as f:
+        result: CaseResult = pickle.load(f)
+    return result
+
+
+def _store(cache: Path | None, result: CaseResult) -> None:
+    if cache is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    with _cache_file(cache, result.case).open("wb") as f:
+        pickle.dump(result, f)
+
+
 def _seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
@@ -421,7 +449,9 @@ def _seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seeds", default="1-10", help="e.g. 1-10 or 1,7,13")
-    parser.add_argument("--quick", action="store_true", help="seed 1, defaults only, no bound")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: seed 1, 3 workloads, defaults, bound"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="each policy at its default only")
     parser.add_argument("--no-bound", action="store_true", help="skip the lower-bound planner")
     parser.add_argument("--lag", type=int, default=10, help="metric lag in seconds")
@@ -429,12 +459,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="7B,70B")
     parser.add_argument("--workloads", default="", help="comma-separated name prefixes")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the tables from --cache alone"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="keep each case's result here; a rerun reuses them (resume a long sweep)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args(argv)
     seeds = [1] if args.quick else _seeds(args.seeds)
     sweep = not (args.quick or args.no_sweep)
-    bound = not (args.quick or args.no_bound)
+    bound = not args.no_bound
     prefixes = [p for p in args.workloads.split(",") if p]
+    if args.quick and not prefixes:
+        prefixes = ["step", "bursty", "mix shift to shorter"]
     cases = [
         Case(seed, size, w.name, sweep, args.lag, args.node_delay, bound)
         for size in args.models.split(",")
@@ -443,17 +483,34 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds
     ]
     started = time.perf_counter()
-    # Longest first, so two workers finish together.
+    # Seed by seed (a stopped sweep leaves whole seeds), longest first within a seed.
     order = sorted(
-        cases, key=lambda c: -next(w.duration for w in workloads(0) if w.name == c.workload)
+        cases,
+        key=lambda c: (c.seed, -next(w.duration for w in workloads(0) if w.name == c.workload)),
     )
-    if args.jobs > 1:
+    done: list[CaseResult] = []
+    todo = []
+    for c in order:
+        cached = _load(args.cache, c)
+        if cached is None and not args.report_only:
+            todo.append(c)
+        elif cached is None:
+            continue
+        else:
+            done.append(cached)
+    if args.jobs > 1 and len(todo) > 1:
         with multiprocessing.Pool(args.jobs) as pool:
-            done = pool.map(run_case, order, chunksize=1)
+            for result in pool.imap_unordered(run_case, todo, chunksize=1):
+                _store(args.cache, result)
+                done.append(result)
     else:
-        done = [run_case(c) for c in order]
+        for c in todo:
+            result = run_case(c)
+            _store(args.cache, result)
+            done.append(result)
     index = {c: i for i, c in enumerate(cases)}
     done.sort(key=lambda r: index[r.case])
+    cases = [r.case for r in done]
     text = "### Each policy at its default setting (mean and range over seeds)\n\n"
     text += defaults_table(done)
     if sweep:

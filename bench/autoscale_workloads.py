@@ -157,8 +157,8 @@ def _ramp(t: int) -> float:
 
 
 def _daily(t: int) -> float:
-    # One day compressed into six hours: night trough 0.3, midday peak 6.
-    return 0.3 + 5.7 * (1 - math.cos(2 * math.pi * t / 21600)) / 2
+    # One day compressed into three hours: night trough 0.3, midday peak 6.
+    return 0.3 + 5.7 * (1 - math.cos(2 * math.pi * t / 10800)) / 2
 
 
 def _idle_then_burst(t: int) -> float:
@@ -183,9 +183,9 @@ def _shorter_after(t: int) -> Mix:
 
 
 def _business_hours(t: int) -> float:
-    # A specialised expert used only in office hours (6 h compressed day): nothing at night,
-    # half an hour of arrivals in the morning, a plateau, half an hour of leaving.
-    open_at, close_at, ramp = 5400, 14400, 1800
+    # A specialised expert used only in office hours (3 h compressed day): nothing at night,
+    # 15 minutes of arrivals in the morning, a plateau, 15 minutes of leaving.
+    open_at, close_at, ramp = 2700, 7200, 900
     if t < open_at or t >= close_at + ramp:
         return 0.0
     if t < open_at + ramp:
@@ -223,7 +223,7 @@ def workloads(seed: int) -> list[Workload]:
         Workload("step", 5400, _step, predictable=False, step_at=1200, load_changes=2),
         Workload("ramp", 5400, _ramp, predictable=True, load_changes=2),
         Workload("bursty", 5400, bursty, predictable=False, load_changes=burst_changes),
-        Workload("daily cycle (6 h)", 21600, _daily, predictable=True, load_changes=2),
+        Workload("daily cycle (3 h)", 10800, _daily, predictable=True, load_changes=2),
         Workload(
             "idle-then-burst",
             3600,
@@ -248,7 +248,7 @@ def workloads(seed: int) -> list[Workload]:
             mix=_shorter_after,
             step_at=1800,
         ),
-        Workload("business hours (6 h)", 21600, _business_hours, predictable=True, load_changes=2),
+        Workload("business hours (3 h)", 10800, _business_hours, predictable=True, load_changes=2),
     ]
 
 

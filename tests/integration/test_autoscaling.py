@@ -490,6 +490,8 @@ def test_queue_above_target_scales_up_within_two_ticks_and_down_only_after_the_w
             maxReplicas=4,
             targetQueueDepth=target,
             scaleDownStabilizationSeconds=window,
+            # The queue rule alone, so the sizing below is exact (headroom: unit tests).
+            burstHeadroom=0,
         ),
     )
     wait_for(lambda: ready_with(kube, ns, name, 1), "Ready with 1 replica", 60)

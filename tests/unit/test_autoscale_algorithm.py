@@ -32,8 +32,11 @@ POLICY = ScalingPolicy(
     max_scale_up_step=4,
     scale_down_window_seconds=300,
     scale_to_zero_after_seconds=600,
+    burst_headroom=0.0,  # the queue rules alone; headroom has its own tests
 )
-ZERO_OK = ScalingPolicy(min_replicas=0, max_replicas=10, scale_to_zero_after_seconds=600)
+ZERO_OK = ScalingPolicy(
+    min_replicas=0, max_replicas=10, scale_to_zero_after_seconds=600, burst_headroom=0.0
+)
 BUSY = ScalerMemory(last_load_at=1000.0, capacity_per_replica=8.0)
 
 
@@ -114,7 +117,7 @@ CASES = [
     # 150 in flight fit in 19 batches of 8, but that is within 10% of 20 x 8: ignored.
     Case(
         "decrease smaller than the tolerance holds",
-        ScalingPolicy(min_replicas=1, max_replicas=30),
+        ScalingPolicy(min_replicas=1, max_replicas=30, burst_headroom=0.0),
         obs(20, pods(*[(0, 7.5)] * 20)),
         ScalerMemory((), 1000.0, 8.0),
         20,
@@ -296,7 +299,9 @@ def test_a_higher_capacity_is_believed_at_once() -> None:
     assert d.memory.lower_capacity_since is None
 
 
-HINTED = ScalingPolicy(min_replicas=0, max_replicas=10, target_queue_depth=2, capacity_hint=24)
+HINTED = ScalingPolicy(
+    min_replicas=0, max_replicas=10, target_queue_depth=2, capacity_hint=24, burst_headroom=0.0
+)
 
 
 def test_capacity_hint_sizes_the_first_wake_and_the_first_scale_up() -> None:

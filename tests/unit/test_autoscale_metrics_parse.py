@@ -136,3 +136,19 @@ def test_random_garbage_never_escapes_as_another_exception() -> None:
             continue
         assert math.isfinite(load.waiting) and load.waiting >= 0
         assert math.isfinite(load.running) and load.running >= 0
+
+
+def test_completion_counters_are_summed_over_reasons_and_adapters() -> None:
+    text = VLLM_LORA + (
+        "# TYPE vllm:request_success counter\n"
+        'vllm:request_success_total{engine="0",finished_reason="stop",model_name="a"} 90.0\n'
+        'vllm:request_success_total{engine="0",finished_reason="length",model_name="a"} 7.0\n'
+        'vllm:request_success_total{engine="0",finished_reason="stop",model_name="b"} 3.0\n'
+    )
+    assert parse_engine_load(text).completed == 100.0
+    assert parse_engine_load(VLLM_LORA).completed is None
+
+
+def test_tgi_completion_counter_is_read() -> None:
+    text = TGI + "# TYPE tgi_request_success counter\ntgi_request_success 4700\n"
+    assert parse_engine_load(text).completed == 4700.0

@@ -29,7 +29,8 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Default autoscaling settings; bench/autoscale_sim.py is how they were chosen.
 DEFAULT_TARGET_QUEUE_DEPTH = 2
 DEFAULT_SCALE_UP_STABILIZATION_SECONDS = 0
-DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS = 300
+DEFAULT_BURST_HEADROOM = 1.0
+DEFAULT_STALE_METRICS_SECONDS = 60
 DEFAULT_TOLERANCE_PERCENT = 10
 DEFAULT_MAX_SCALE_UP_STEP = 4
 DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS = 600
@@ -236,11 +237,28 @@ class Autoscaling(ApiModel):
         le=3600,
         description="Window before scaling up (0: at once when the queue crosses the target).",
     )
-    scale_down_stabilization_seconds: int = Field(
-        default=DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS,
+    scale_down_stabilization_seconds: int | None = Field(
+        default=None,
         ge=0,
         le=86_400,
-        description="Scale down only to the highest recommendation seen over this window.",
+        description="Scale down only to the highest recommendation seen over this window."
+        " Unset: two of the expert's own cold starts (as measured from its pods), within"
+        " 60..600 s, and 300 s until a cold start was seen.",
+    )
+    burst_headroom: float = Field(
+        default=DEFAULT_BURST_HEADROOM,
+        ge=0,
+        le=10,
+        description="Square-root staffing: replicas hold the load L (requests in flight at full"
+        " batches) plus burstHeadroom x sqrt(L), so the headroom is relatively smaller the"
+        " larger the load. 0 provisions for the load alone.",
+    )
+    stale_metrics_seconds: int = Field(
+        default=DEFAULT_STALE_METRICS_SECONDS,
+        ge=0,
+        le=86_400,
+        description="A ready pod whose metrics cannot be read is assumed as busy as the others"
+        " and holds scale-down for this long; after that it no longer does.",
     )
     scale_to_zero_after_seconds: int = Field(
         default=DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS,
@@ -258,8 +276,9 @@ class Autoscaling(ApiModel):
         le=100_000,
         description="Requests one replica runs at once (its effective batch), if a load test"
         " measured it. Only a starting point: the autoscaler learns the real value from"
-        " saturated replicas and then uses that. Without it, the first wake from zero and the"
-        " first scale-up before any replica was saturated add one replica at a time.",
+        " saturated replicas and the KV cache in use, and then uses that. Without it (and"
+        " without a KV-cache metric), the first wake from zero and the first scale-up before"
+        " any replica was saturated add one replica at a time.",
     )
 
 
@@ -486,6 +505,16 @@ class ModelExpertStatus(ApiModel):
         default=None,
         description="Requests one replica runs at once, as the autoscaler learned it from"
         " saturated replicas; an operator restart starts from it instead of from nothing.",
+    )
+    service_seconds: float | None = Field(
+        default=None,
+        description="Seconds a request runs in a full batch, as the autoscaler learned it;"
+        " with capacityPerReplica it turns an arrival rate into replicas (kept across restarts).",
+    )
+    cold_start_seconds: float | None = Field(
+        default=None,
+        description="Longest time a pod of this expert was seen loading; sizes the scale-down"
+        " window and the backlog drain (kept across restarts).",
     )
 
 

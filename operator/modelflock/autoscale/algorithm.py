@@ -4,17 +4,25 @@ Nothing here does I/O or reads a clock, so every branch is table- and property-t
 benchmark (`bench/autoscale_sim.py`) runs this exact code.
 
 How replicas are sized (see docs/autoscaling.md):
-- A pod that has a queue is saturated, so its running count is what one replica can hold (its
-  effective batch capacity `c`, remembered across ticks).
-- Scale up when the in-flight load (waiting + running) exceeds what the replicas on hand (ready
-  and still starting) hold with `targetQueueDepth` waiting each: desired = ceil(load / (c + T)).
-- Scale down to the replicas that run all in-flight requests with no queue:
-  desired = ceil(load / c). The gap between c and c + T is the hysteresis that stops flapping.
-- A lower capacity is believed only after it has been seen for `CAPACITY_CONFIRM_SECONDS`: one
-  stray sample would otherwise keep too many replicas forever (each then runs less than the
-  wrong `c`, so nothing would correct it).
-- Decreases are further held by the scale-down window (the highest recommendation in it wins,
-  as in the HPA); increases are immediate but capped per step.
+- A replica's capacity `c` (requests it runs at once) is learned: a pod with a queue runs as
+  many as it can; an unsaturated pod's KV cache in use tells how many more would fit (so `c`
+  also grows when requests get shorter). A lower `c` is believed only once it persists for
+  `CAPACITY_CONFIRM_SECONDS`.
+- The load to carry is the arrival rate, by Little's law: requests in flight at full batches
+  = arrival rate x service time. The arrival rate is the pods' completion counters plus the
+  change of requests in flight; the service time at full batches is `c` over the completion
+  rate of a saturated replica (learned). A waiting backlog adds what drains it within a cold
+  start. Without counters, the requests in flight (waiting + running) are the load.
+- Headroom is square-root staffing: slots = load + burstHeadroom * sqrt(load), which is
+  relatively less as load grows (Poisson bursts grow with the square root of the rate).
+- Scale up when the slots exceed what the replicas on hand (ready and starting) hold with
+  `targetQueueDepth` waiting each: desired = ceil(slots / (c + T)); scale down to
+  ceil(slots / c). The gap between c and c + T is the hysteresis that stops flapping.
+- Decreases are held by the scale-down window (the highest recommendation in it wins, as in
+  the HPA); without an explicit window it is derived from the expert's own cold start, learned
+  from how long its pods took to become ready. Increases are immediate but capped per step.
+- A pod whose metrics cannot be read is assumed as busy as the pods that answer and holds
+  scale-down for `staleMetricsSeconds`; after that it counts as stale and no longer does.
 """
 
 from __future__ import annotations
@@ -28,6 +36,20 @@ from dataclasses import dataclass
 _EPSILON = 1e-9
 # A saturated running count below the learned capacity must persist this long to replace it.
 CAPACITY_CONFIRM_SECONDS = 15.0
+# KV-cache usage below this says too little about how many more sequences fit.
+KV_MIN_USAGE = 0.05
+# Real batches stop short of a full KV cache (blocks, uneven outputs): the estimate is cut.
+KV_USABLE = 0.95
+# Arrival and completion rates are smoothed over about this long.
+RATE_SMOOTHING_SECONDS = 15.0
+# Without an explicit window, decreases wait this many cold starts, within these bounds.
+HOLD_COLD_STARTS = 2.0
+HOLD_MIN_SECONDS = 60.0
+HOLD_MAX_SECONDS = 600.0
+HOLD_DEFAULT_SECONDS = 300.0  # until a cold start was seen
+COLD_START_MAX_SECONDS = 1800.0
+# A backlog is provisioned to drain within a cold start; within this until one was seen.
+DEFAULT_DRAIN_SECONDS = 60.0  # a pod starting for longer is stuck, not slow
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +62,18 @@ class ScalingPolicy:
     tolerance_percent: int = 10
     max_scale_up_step: int = 4
     scale_up_window_seconds: int = 0
-    scale_down_window_seconds: int = 300
+    # None: derived from the expert's learned cold start (HOLD_COLD_STARTS of them).
+    scale_down_window_seconds: int | None = None
     scale_to_zero_after_seconds: int = 600
     # Routers re-send demand every few seconds while they hold requests; older is stale.
     demand_ttl_seconds: int = 30
     # Requests one replica runs at once, from a load test: the capacity assumed until a
     # saturated replica shows the real one (spec.autoscaling.capacityHint).
     capacity_hint: int | None = None
+    # Square-root staffing factor: slots = load + burst_headroom * sqrt(load).
+    burst_headroom: float = 1.0
+    # A pod unreadable for this long stops holding scale-down (spec.staleMetricsSeconds).
+    stale_metrics_seconds: int = 60
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -61,23 +88,29 @@ class ScalingPolicy:
             raise ValueError("tolerance_percent must be in [0, 100)")
         if self.max_scale_up_step < 1:
             raise ValueError("max_scale_up_step must be >= 1")
+        if not 0 <= self.burst_headroom <= 10:
+            raise ValueError("burst_headroom must be in [0, 10]")
         for name in (
             "scale_up_window_seconds",
             "scale_down_window_seconds",
             "scale_to_zero_after_seconds",
             "demand_ttl_seconds",
+            "stale_metrics_seconds",
         ):
-            if getattr(self, name) < 0:
+            value = getattr(self, name)
+            if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
 class PodLoad:
-    """Requests on one ready pod at scrape time, and its KV cache in use (0..1) if exposed."""
+    """Requests on one ready pod at scrape time; its KV cache in use (0..1) and its counter of
+    finished requests, if the engine exposes them."""
 
     waiting: float
     running: float
     kv_cache_usage: float | None = None
+    completed: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +132,16 @@ class Demand:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What the loop saw this tick. `ready` has one entry per ready pod; None = scrape failed."""
+    """What the loop saw this tick. `ready` has one entry per ready pod; None = scrape failed.
+    `names` are the ready pods' names in the same order (empty: not known, then pods are
+    never stale and completion counters are not used)."""
 
     now: float
     current_replicas: int
     ready: tuple[PodLoad | None, ...] = ()
     starting: tuple[StartingPod, ...] = ()
     demand: Demand | None = None
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +157,27 @@ class ScalerMemory:
     `last_load_at` is the last time there was load or demand (None: not known yet).
     `capacity_per_replica` is the learned running count of a saturated replica.
     `lower_capacity_since` is when saturated pods started to run fewer than that (unconfirmed).
+    `counters` are the pods' completion counters at `counters_at`, `in_flight` the requests in
+    flight then; `arrival_rate`, `replica_rate` (requests per second a saturated replica
+    completes) and `service_seconds` (time in a batch, by Little's law) are smoothed
+    estimates. `cold_start_seconds` is the longest a pod of this
+    expert was seen loading. `unreadable_since` says since when each unreadable pod has been;
+    `answered` names the ready pods whose metrics were read at least once.
     """
 
     recommendations: tuple[Recommendation, ...] = ()
     last_load_at: float | None = None
     capacity_per_replica: float | None = None
     lower_capacity_since: float | None = None
+    counters: tuple[tuple[str, float], ...] = ()
+    counters_at: float | None = None
+    in_flight: float | None = None
+    arrival_rate: float | None = None
+    replica_rate: float | None = None
+    service_seconds: float | None = None
+    cold_start_seconds: float | None = None
+    unreadable_since: tuple[tuple[str, float], ...] = ()
+    answered: tuple[str, ...] = ()
 
 
 class Reason(enum.StrEnum):
@@ -163,31 +214,78 @@ class _Load:
     waiting: float
     running: float
     sampled: int
-    failed: int
+    failed: int  # unreadable, not yet stale: these hold scale-down
+    stale: int  # unreadable for longer than stale_metrics_seconds
 
     @property
     def in_flight(self) -> float:
         return self.waiting + self.running
 
 
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """Arrival rate (requests/s) and a saturated replica's completion rate, if measured."""
+
+    arrival: float | None
+    replica: float | None
+    counters: tuple[tuple[str, float], ...]
+    counters_at: float | None
+    service: float | None = None  # seconds a request runs, by Little's law on the batches
+
+
 def _ceil(x: float) -> int:
     return max(0, math.ceil(x - _EPSILON))
 
 
-def _measure(obs: Observation, policy: ScalingPolicy) -> _Load:
+def _unreadable(
+    obs: Observation, memory: ScalerMemory
+) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """Since when each unreadable pod has been (by name), and the names of those that are."""
+    before = dict(memory.unreadable_since)
+    since = tuple(
+        (name, before.get(name, obs.now))
+        for name, sample in zip(obs.names, obs.ready, strict=False)
+        if sample is None
+    )
+    return since, frozenset(name for name, _ in since)
+
+
+def _measure(
+    obs: Observation,
+    policy: ScalingPolicy,
+    unreadable: tuple[tuple[str, float], ...],
+    answered: tuple[str, ...],
+) -> _Load:
     samples = [s for s in obs.ready if s is not None]
     waiting = sum(s.waiting for s in samples)
     running = sum(s.running for s in samples)
-    failed = len(obs.ready) - len(samples)
-    if samples and failed:
-        # Pods we could not scrape are assumed as busy as those we could, never idle.
-        scale = len(obs.ready) / len(samples)
+    missing = len(obs.ready) - len(samples)
+    stale = sum(1 for _, at in unreadable if obs.now - at >= policy.stale_metrics_seconds)
+    stale = min(stale, missing)
+    # A pod that just became ready and has not answered yet holds nothing yet; one that
+    # answered before is assumed as busy as those that answer now (never idle). Names
+    # unknown: every unreadable pod counts as busy.
+    known = set(answered)
+    busy_missing = (
+        sum(1 for n, s in zip(obs.names, obs.ready, strict=False) if s is None and n in known)
+        if obs.names
+        else missing
+    )
+    if samples and busy_missing:
+        # A stale pod still serves (it is ready) but no longer holds scale-down.
+        scale = (len(samples) + busy_missing) / len(samples)
         waiting, running = waiting * scale, running * scale
     if not obs.ready and _demand_is_fresh(obs, policy):
         # With no pod serving, the requests routers hold are the queue.
         assert obs.demand is not None
         waiting += obs.demand.waiting
-    return _Load(waiting=waiting, running=running, sampled=len(samples), failed=failed)
+    return _Load(
+        waiting=waiting,
+        running=running,
+        sampled=len(samples),
+        failed=missing - stale,
+        stale=stale,
+    )
 
 
 def _demand_is_fresh(obs: Observation, policy: ScalingPolicy) -> bool:
@@ -196,9 +294,11 @@ def _demand_is_fresh(obs: Observation, policy: ScalingPolicy) -> bool:
 
 
 def _learn_capacity(
-    obs: Observation, previous: float | None, lower_since: float | None
+    obs: Observation, previous: float | None, lower_since: float | None, tolerance: float
 ) -> tuple[float | None, float | None]:
-    """A pod with a queue runs as many requests as it can: that is a replica's capacity.
+    """A pod with a queue runs as many requests as it can: that is a replica's capacity. An
+    unsaturated pod's KV cache says how many would fit: a clearly higher capacity is believed
+    at once (the requests got shorter).
 
     Returns the capacity and since when a lower, not yet confirmed one has been seen.
     """
@@ -215,6 +315,15 @@ def _learn_capacity(
         if obs.now - since >= CAPACITY_CONFIRM_SECONDS:
             return seen, None
         return previous, since
+    fits = [
+        s.running / s.kv_cache_usage * KV_USABLE
+        for s in samples
+        if s.kv_cache_usage is not None and s.kv_cache_usage >= KV_MIN_USAGE and s.running >= 1
+    ]
+    if fits:
+        estimate = sum(fits) / len(fits)
+        if previous is None or estimate > previous * (1 + tolerance):
+            return estimate, None
     busiest = max((s.running for s in samples), default=0.0)
     if busiest > 0 and (previous is None or busiest > previous):
         # A pod proved it holds this many; never assume less than that.
@@ -222,8 +331,116 @@ def _learn_capacity(
     return previous, None
 
 
+def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float | None) -> _Rates:
+    """Arrival rate = completions per second + change of requests in flight (Little's law
+    keeps no request unaccounted); a saturated replica's completion rate is learned too."""
+    complete = (
+        bool(obs.names)
+        and len(obs.names) == len(obs.ready)
+        and all(s is not None and s.completed is not None for s in obs.ready)
+    )
+    if obs.ready and not complete:
+        # Some pod exposes no counter (or is unreadable): no arrival rate this tick.
+        return _Rates(None, memory.replica_rate, (), None, memory.service_seconds)
+    counters = tuple(
+        (name, s.completed)
+        for name, s in zip(obs.names, obs.ready, strict=False)
+        if s is not None and s.completed is not None
+    )
+    at = memory.counters_at
+    dt = obs.now - at if at is not None else 0.0
+    if at is None or memory.in_flight is None or dt < 0:
+        # The first tick with counters (or a clock that went back): start measuring.
+        return _Rates(
+            memory.arrival_rate, memory.replica_rate, counters, obs.now, memory.service_seconds
+        )
+    if dt < 1.0:
+        # Too soon to tell: keep the previous reference point.
+        return _Rates(
+            memory.arrival_rate, memory.replica_rate, memory.counters, at, memory.service_seconds
+        )
+    before = dict(memory.counters)
+    done = 0.0
+    saturated_rates: list[float] = []
+    for (name, total), sample in zip(
+        counters, (s for s in obs.ready if s is not None), strict=False
+    ):
+        if name in before and total >= before[name]:
+            rate = (total - before[name]) / dt
+            done += rate
+            # Saturated, and past its first batch (a pod that just became ready has a queue
+            # but has finished nothing yet).
+            if sample.waiting >= 1 and capacity and before[name] >= capacity:
+                saturated_rates.append(rate)
+    # Pods without a previous counter (new) or not ready (no counters) are not counted: the
+    # change of requests in flight then also misses theirs, which the smoothing absorbs.
+    instant = (
+        max(0.0, done + (load.in_flight - memory.in_flight) / dt)
+        if counters or not obs.ready
+        else None
+    )
+    alpha = min(1.0, dt / RATE_SMOOTHING_SECONDS)
+    arrival = memory.arrival_rate
+    if instant is not None:
+        arrival = instant if arrival is None else arrival + alpha * (instant - arrival)
+    replica = memory.replica_rate
+    if saturated_rates:
+        seen = sum(saturated_rates) / len(saturated_rates)
+        # A higher rate is believed at once; a lower one slowly (a batch that just filled
+        # holds the long requests the short ones left behind, and completes fewer for a while).
+        if replica is None or seen >= replica:
+            replica = seen
+        else:
+            replica += alpha / 4 * (seen - replica)
+    service = memory.service_seconds
+    if done > 0 and load.running > 0:
+        # Little's law on the batches: running = completion rate x time in the batch.
+        seen_service = load.running / done
+        service = seen_service if service is None else service + alpha * (seen_service - service)
+    return _Rates(arrival, replica, counters, obs.now, service)
+
+
+def _demand_slots(
+    policy: ScalingPolicy,
+    load: _Load,
+    capacity: float,
+    rates: _Rates,
+    cold_start: float | None,
+    loading: bool,
+) -> tuple[float, str]:
+    """Requests in flight to provision for (before headroom), and how it was derived.
+
+    The requests in flight; while replicas load, the arrival rate by Little's law when the
+    counters allow it and it says less: the queue then grows by itself because nothing new
+    serves yet, and sizing on it would add a second wave. (Letting a higher rate win when
+    nothing loads was tried: a burst of closed-loop clients looks like a rate and over-scales.)
+    """
+    queued = load.in_flight
+    if rates.arrival is not None and (rates.replica or rates.service):
+        # Seconds a request runs in a full batch: from a saturated replica's completion rate
+        # once seen; until then as measured at the current occupancy (shorter: the first
+        # queue then shows the rest).
+        service = capacity / rates.replica if rates.replica else float(rates.service or 0.0)
+        steady = rates.arrival * service  # Little's law
+        drain_over = max(service, cold_start if cold_start is not None else DEFAULT_DRAIN_SECONDS)
+        backlog = load.waiting * service / drain_over
+        demand = max(load.running, steady) + backlog
+        how = f"{rates.arrival:.3g} req/s x {service:.3g} s + backlog {load.waiting:g}"
+        if loading and demand < queued:
+            # The queue grows while replicas load (nothing new serves yet): the rate says
+            # what the arrivals need, and never more than the queue does.
+            return demand, how
+    return queued, f"{load.waiting:g} waiting + {load.running:g} running"
+
+
 def _recommend(
-    policy: ScalingPolicy, load: _Load, on_hand: int, capacity: float | None
+    policy: ScalingPolicy,
+    load: _Load,
+    on_hand: int,
+    capacity: float | None,
+    rates: _Rates,
+    cold_start: float | None,
+    loading: bool,
 ) -> tuple[int, Reason, str]:
     """Replicas the current load asks for, ignoring windows, step and bounds."""
     tol = policy.tolerance_percent / 100
@@ -239,25 +456,31 @@ def _recommend(
                 (f"{load.waiting:g} waiting on {on_hand} replicas, capacity not known yet"),
             )
         return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding"
-    up = load.in_flight / (capacity + target)
-    if up > on_hand + _EPSILON:
-        # More than `targetQueueDepth` waiting per replica on top of full batches.
+    demand, how = _demand_slots(policy, load, capacity, rates, cold_start, loading)
+    slots = demand + policy.burst_headroom * math.sqrt(demand)
+    up = slots / (capacity + target)
+    # Scale up once the slots exceed full batches by `targetQueueDepth` per replica, or by
+    # the tolerance when that is more (large batches: a few requests more are noise).
+    trigger = on_hand * max(capacity + target, capacity * (1 + tol))
+    if slots > trigger + _EPSILON:
         return (
-            _ceil(up),
+            max(on_hand + 1, _ceil(up)),
             Reason.QUEUE_ABOVE_TARGET,
             (
-                f"{load.waiting:g} waiting and {load.running:g} running need {_ceil(up)} replicas "
-                f"at {capacity:g} running + {target} waiting each"
+                f"{how}: {slots:.4g} slots with headroom need {max(on_hand + 1, _ceil(up))} replicas "
+                f"at {capacity:.4g} running + {target} waiting each"
             ),
         )
-    # Fewer replicas run every in-flight request with no queue. A change smaller than the
-    # tolerance is ignored (as in the HPA); the queue target above is the hysteresis.
-    down = load.in_flight / capacity
-    if _ceil(down) < on_hand and load.in_flight < on_hand * capacity * (1 - tol):
+    # Fewer replicas hold every slot with no queue. A change smaller than the tolerance is
+    # ignored (as in the HPA); the queue target above is the hysteresis.
+    down = slots / capacity
+    if _ceil(down) < on_hand and slots < on_hand * capacity * (1 - tol):
         return (
             max(1, _ceil(down)),
             Reason.LOAD_BELOW_CAPACITY,
-            (f"{load.in_flight:g} in flight fit in {max(1, _ceil(down))} replicas of {capacity:g}"),
+            (
+                f"{how}: {slots:.4g} slots with headroom fit in {max(1, _ceil(down))} replicas of {capacity:.4g}"
+            ),
         )
     return (
         on_hand,
@@ -266,24 +489,68 @@ def _recommend(
     )
 
 
-def remembered(memory: ScalerMemory, capacity_in_status: float | None) -> ScalerMemory:
-    """The memory to decide with: a capacity learned before an operator restart (kept in the
-    expert's status) is used until a saturated replica shows the current one."""
-    if memory.capacity_per_replica is not None or not capacity_in_status:
-        return memory
-    return dataclasses.replace(memory, capacity_per_replica=float(capacity_in_status))
+def _cold_start(obs: Observation, previous: float | None) -> float | None:
+    """The longest a pod was seen loading (scheduled, never served), stuck ones left out."""
+    ages = [
+        p.age_seconds
+        for p in obs.starting
+        if p.scheduled and not p.ever_served and p.age_seconds <= COLD_START_MAX_SECONDS
+    ]
+    longest = max(ages, default=None)
+    if longest is None:
+        return previous
+    return longest if previous is None else max(previous, longest)
+
+
+def scale_down_window(policy: ScalingPolicy, cold_start: float | None) -> float:
+    """The explicit window, or HOLD_COLD_STARTS cold starts within [min, max] bounds."""
+    if policy.scale_down_window_seconds is not None:
+        return float(policy.scale_down_window_seconds)
+    if cold_start is None:
+        return HOLD_DEFAULT_SECONDS
+    return min(HOLD_MAX_SECONDS, max(HOLD_MIN_SECONDS, HOLD_COLD_STARTS * cold_start))
+
+
+def remembered(
+    memory: ScalerMemory,
+    capacity_in_status: float | None,
+    service_in_status: float | None = None,
+    cold_start_in_status: float | None = None,
+) -> ScalerMemory:
+    """The memory to decide with: what was learned before an operator restart (kept in the
+    expert's status) is used until this process measures it again: the capacity per replica,
+    the time a request runs in a full batch, and the cold start."""
+    updates: dict[str, float] = {}
+    if memory.capacity_per_replica is None and capacity_in_status:
+        updates["capacity_per_replica"] = float(capacity_in_status)
+    capacity = memory.capacity_per_replica or capacity_in_status
+    if memory.replica_rate is None and service_in_status and capacity:
+        updates["replica_rate"] = float(capacity) / float(service_in_status)
+    if memory.cold_start_seconds is None and cold_start_in_status:
+        updates["cold_start_seconds"] = float(cold_start_in_status)
+    return dataclasses.replace(memory, **updates) if updates else memory  # type: ignore[arg-type]
 
 
 def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Decision:
     """Desired replicas for one expert now, with the reason and the memory for next time."""
     now = obs.now
     current = obs.current_replicas
-    load = _measure(obs, policy)
+    unreadable, _ = _unreadable(obs, memory)
+    answered = tuple(
+        n
+        for n, s in zip(obs.names, obs.ready, strict=False)
+        if s is not None or n in memory.answered
+    )
+    load = _measure(obs, policy, unreadable, memory.answered)
     demand_fresh = _demand_is_fresh(obs, policy)
     known = memory.capacity_per_replica
     if known is None and policy.capacity_hint is not None:
         known = float(policy.capacity_hint)  # until measured; a saturated replica corrects it
-    capacity, lower_since = _learn_capacity(obs, known, memory.lower_capacity_since)
+    tol = policy.tolerance_percent / 100
+    capacity, lower_since = _learn_capacity(obs, known, memory.lower_capacity_since, tol)
+    rates = _rates(obs, memory, load, capacity)
+    cold_start = _cold_start(obs, memory.cold_start_seconds)
+    window = scale_down_window(policy, cold_start)
 
     busy = load.in_flight > 0 or demand_fresh or load.failed > 0
     # Unknown history (e.g. operator restart): assume load just now, so idleness is
@@ -301,7 +568,10 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             (f"no metrics from any of {len(obs.ready)} ready pods; holding"),
         )
     else:
-        raw, reason, message = _recommend(policy, load, on_hand, capacity)
+        loading = any(p.scheduled and not p.ever_served for p in obs.starting)
+        raw, reason, message = _recommend(
+            policy, load, on_hand, capacity, rates, cold_start, loading
+        )
         if on_hand == 0 and demand_fresh:
             raw = max(raw, 1)
             reason, message = (
@@ -324,13 +594,15 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         # Idle but not long enough (or min > 0): the smallest warm size.
         raw = max(1, policy.min_replicas)
 
-    history = _remember(memory.recommendations, Recommendation(now, raw), policy, now)
+    history = _remember(memory.recommendations, Recommendation(now, raw), policy, now, window)
     if to_zero:
         # The idle timer is this decision's own stabilization window.
         desired, reason = 0, Reason.SCALED_TO_ZERO
         message = "no demand" if stays_at_zero else f"idle for {idle_for:g}s"
     else:
-        desired, reason, message = _stabilize(policy, history, current, raw, reason, message)
+        desired, reason, message = _stabilize(
+            policy, history, current, raw, reason, message, window
+        )
         if on_hand == 0 and demand_fresh and desired < raw:
             # Requests are held right now: waking is never delayed by the scale-up window.
             desired, reason, message = (
@@ -342,7 +614,10 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             desired, reason, message = (
                 current,
                 Reason.METRICS_UNAVAILABLE,
-                (f"{load.failed} of {len(obs.ready)} scrapes failed; not scaling down"),
+                (
+                    f"{load.failed} of {len(obs.ready)} scrapes failed; not scaling down for "
+                    f"up to {policy.stale_metrics_seconds}s"
+                ),
             )
 
     desired, reason, message = _bound(policy, current, desired, reason, message)
@@ -352,7 +627,21 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         desired_replicas=desired,
         reason=reason,
         message=message,
-        memory=ScalerMemory(history, last_load_at, capacity, lower_since),
+        memory=ScalerMemory(
+            recommendations=history,
+            last_load_at=last_load_at,
+            capacity_per_replica=capacity,
+            lower_capacity_since=lower_since,
+            counters=rates.counters,
+            counters_at=rates.counters_at,
+            in_flight=load.in_flight if rates.counters_at == now else memory.in_flight,
+            arrival_rate=rates.arrival,
+            replica_rate=rates.replica,
+            service_seconds=rates.service,
+            cold_start_seconds=cold_start,
+            unreadable_since=unreadable,
+            answered=answered,
+        ),
         queue_depth=load.waiting,
         running=load.running,
         recommendation=raw,
@@ -364,8 +653,9 @@ def _remember(
     latest: Recommendation,
     policy: ScalingPolicy,
     now: float,
+    window: float,
 ) -> tuple[Recommendation, ...]:
-    keep = max(policy.scale_up_window_seconds, policy.scale_down_window_seconds)
+    keep = max(policy.scale_up_window_seconds, window)
     return (*(r for r in history if now - r.at <= keep and r.at <= now), latest)
 
 
@@ -376,11 +666,12 @@ def _stabilize(
     raw: int,
     reason: Reason,
     message: str,
+    window: float,
 ) -> tuple[int, Reason, str]:
     """HPA-style: rise to the lowest recent recommendation, fall to the highest one."""
     now = history[-1].at
     up = min(r.replicas for r in history if now - r.at <= policy.scale_up_window_seconds)
-    down = max(r.replicas for r in history if now - r.at <= policy.scale_down_window_seconds)
+    down = max(r.replicas for r in history if now - r.at <= window)
     if current < up:
         return up, reason, message
     if current > down:
@@ -389,10 +680,7 @@ def _stabilize(
         return (
             current,
             Reason.STABILIZING_DOWN,
-            (
-                f"load asks for {raw}; holding {current} for the "
-                f"{policy.scale_down_window_seconds}s scale-down window"
-            ),
+            (f"load asks for {raw}; holding {current} for the {window:g}s scale-down window"),
         )
     if raw > current:
         return (

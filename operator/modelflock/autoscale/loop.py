@@ -60,6 +60,7 @@ async def evaluate(
         current_replicas=pods.current_replicas,
         ready=tuple(samples),
         starting=pods.starting,
+        names=tuple(p.name for p in pods.ready),
         demand=demand,
     )
     return Evaluation(

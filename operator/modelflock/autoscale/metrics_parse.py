@@ -29,18 +29,23 @@ class EngineLoad:
     `waiting` and `running` are summed over every `model_name` (LoRA adapters) and `engine`
     (data-parallel ranks) label value, because they all share the pod's GPUs.
     `kv_cache_usage` is 0..1 (vLLM KV cache, or TGI's token budget in use), None if not exposed.
+    `completed` is the pod's counter of finished requests (vLLM `vllm:request_success_total`,
+    TGI `tgi_request_success`), None if not exposed.
     """
 
     engine: Engine
     waiting: float
     running: float
     kv_cache_usage: float | None = None
+    completed: float | None = None
 
 
 _VLLM_WAITING = "vllm:num_requests_waiting"
 _VLLM_RUNNING = "vllm:num_requests_running"
 # Newer vLLM renamed the KV gauge; older releases still in use expose the old name.
 _VLLM_KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_VLLM_COMPLETED = ("vllm:request_success_total",)
+_TGI_COMPLETED = ("tgi_request_success", "tgi_request_success_total")
 _TGI_WAITING = "tgi_queue_size"
 _TGI_RUNNING = "tgi_batch_current_size"
 _TGI_TOKENS_USED = "tgi_batch_current_max_tokens"
@@ -95,9 +100,11 @@ def parse_engine_load(text: str, engine: Engine | None = None) -> EngineLoad:
         waiting_name, running_name = _VLLM_WAITING, _VLLM_RUNNING
         # The KV cache is per engine, not per adapter: report the fullest engine, not a sum.
         kv = _max(v for name in _VLLM_KV for v in values.get(name, []))
+        completed = _first_sum(values, _VLLM_COMPLETED)
     else:
         waiting_name, running_name = _TGI_WAITING, _TGI_RUNNING
         kv = _tgi_token_usage(values)
+        completed = _first_sum(values, _TGI_COMPLETED)
     waiting = _sum(values, waiting_name)
     if waiting is None:
         raise MetricsParseError(f"{waiting_name} missing")
@@ -107,7 +114,18 @@ def parse_engine_load(text: str, engine: Engine | None = None) -> EngineLoad:
     if not values[waiting_name] and not values[running_name]:
         # Present but all NaN: the engine has no usable numbers yet (e.g. still starting).
         raise MetricsParseError(f"{waiting_name} and {running_name} have no finite value")
-    return EngineLoad(engine=flavour, waiting=waiting, running=running, kv_cache_usage=kv)
+    return EngineLoad(
+        engine=flavour, waiting=waiting, running=running, kv_cache_usage=kv, completed=completed
+    )
+
+
+def _first_sum(values: dict[str, list[float]], names: Iterable[str]) -> float | None:
+    """Sum over every label set of the first of `names` present (all finish reasons, adapters
+    and data-parallel ranks)."""
+    for name in names:
+        if values.get(name):
+            return _sum(values, name)
+    return None
 
 
 def _tgi_token_usage(values: dict[str, list[float]]) -> float | None:

@@ -1,7 +1,8 @@
 """Where load numbers come from: pod /metrics, a Prometheus server, and router demand.
 
 Every source answers `await source.sample(pods)` with one `PodLoad | None` per pod, in order;
-None means "no number for this pod" (the algorithm then refuses to scale down on its account).
+None means "no number for this pod" (the algorithm then holds scale-down on its account until
+the pod counts as stale, see `ScalingPolicy.stale_metrics_seconds`).
 Failures are counted in a Prometheus counter and logged once per failure streak per pod.
 """
 
@@ -104,7 +105,12 @@ class ScrapeSource:
         except MetricsParseError as exc:
             return self._fail(pod, "parse", str(exc))
         self._log.ok(pod.name)
-        return PodLoad(waiting=load.waiting, running=load.running)
+        return PodLoad(
+            waiting=load.waiting,
+            running=load.running,
+            kv_cache_usage=load.kv_cache_usage,
+            completed=load.completed,
+        )
 
     def _fail(self, pod: PodTarget, reason: str, detail: str) -> PodLoad | None:
         """Count and log a failed sample; returns the None that stands for it."""

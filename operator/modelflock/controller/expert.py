@@ -71,6 +71,8 @@ def scaling_policy(spec: ModelExpertSpec) -> ScalingPolicy:
         scale_down_window_seconds=scaling.scale_down_stabilization_seconds,
         scale_to_zero_after_seconds=scaling.scale_to_zero_after_seconds,
         capacity_hint=scaling.capacity_hint,
+        burst_headroom=scaling.burst_headroom,
+        stale_metrics_seconds=scaling.stale_metrics_seconds,
     )
 
 
@@ -246,7 +248,7 @@ async def reconcile_expert(
                 ExpertPods(replicas, ready_targets, starting),
                 logger,
                 now,
-                status_before.capacity_per_replica,
+                status_before,
             )
 
     result = compute_status(observed, status_before, now)
@@ -305,10 +307,11 @@ async def autoscale_tick(
     pods: ExpertPods,
     logger: kopf.Logger,
     now: datetime,
-    learned_capacity: float | None = None,
+    learned: ModelExpertStatus | None = None,
 ) -> dict[str, Any]:
     """Sample, decide, write replicas through the scale subresource. Returns status fields.
-    `learned_capacity` is status.capacityPerReplica as last written (kept across restarts)."""
+    `learned` is the status as last written: what the autoscaler learned is kept there across
+    operator restarts (capacityPerReplica, serviceSeconds, coldStartSeconds)."""
     namespace, name = key
     state.last_autoscale = time.monotonic()
     current = pods.current_replicas
@@ -333,7 +336,12 @@ async def autoscale_tick(
         pods,
         metric_source(ctx, spec, namespace),
         ctx.demand.latest(namespace, name),
-        remembered(state.scaler, learned_capacity),
+        remembered(
+            state.scaler,
+            learned.capacity_per_replica if learned else None,
+            learned.service_seconds if learned else None,
+            learned.cold_start_seconds if learned else None,
+        ),
         time.monotonic(),  # the DemandStore's clock
     )
     decision = evaluation.decision
@@ -346,8 +354,14 @@ async def autoscale_tick(
     ctx.metrics.target_queue_depth.labels(namespace, name).set(policy.target_queue_depth)
     ctx.metrics.desired_replicas.labels(namespace, name).set(desired)
     fields: dict[str, Any] = {"queue_depth": round(decision.queue_depth)}
-    if decision.memory.capacity_per_replica is not None:
-        fields["capacity_per_replica"] = round(decision.memory.capacity_per_replica, 2)
+    memory = decision.memory
+    if memory.capacity_per_replica is not None:
+        fields["capacity_per_replica"] = round(memory.capacity_per_replica, 2)
+        if memory.replica_rate:
+            service = memory.capacity_per_replica / memory.replica_rate
+            fields["service_seconds"] = round(service, 2)
+    if memory.cold_start_seconds is not None:
+        fields["cold_start_seconds"] = round(memory.cold_start_seconds, 1)
     if desired != current or spec_replicas != desired:
         try:
             await ctx.kube.scale(API_VERSION, KIND, name, namespace, desired)

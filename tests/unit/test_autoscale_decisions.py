@@ -1,0 +1,287 @@
+"""The scaling decisions added for issue 15, table by table: square-root headroom, sizing
+from the arrival rate (Little's law), capacity learned upwards from the KV cache, a scale-down
+hold derived from the cold start, and pods with unreadable metrics that go stale."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from modelflock.autoscale.algorithm import (
+    HOLD_DEFAULT_SECONDS,
+    Observation,
+    PodLoad,
+    Reason,
+    Recommendation,
+    ScalerMemory,
+    ScalingPolicy,
+    StartingPod,
+    decide,
+    scale_down_window,
+)
+
+
+def policy(**kw: float | int | None) -> ScalingPolicy:
+    base: dict[str, float | int | None] = {
+        "min_replicas": 1,
+        "max_replicas": 40,
+        "target_queue_depth": 2,
+        "max_scale_up_step": 40,
+        "scale_down_window_seconds": 0,
+    }
+    base.update(kw)
+    return ScalingPolicy(**base)  # type: ignore[arg-type]
+
+
+def steady(n: int, running: float, waiting: float = 0.0) -> tuple[PodLoad, ...]:
+    return tuple(PodLoad(waiting, running) for _ in range(n))
+
+
+KNOWN = ScalerMemory(last_load_at=1000.0, capacity_per_replica=10.0)
+
+
+# ---------------------------------------------------------------- square-root headroom
+@dataclass(frozen=True)
+class HeadroomCase:
+    name: str
+    headroom: float
+    pods: int
+    running_each: float
+    desired: int
+
+
+# Replicas of 40, targetQueueDepth 1, tolerance 10 %: scale up when the slots exceed 44 per
+# replica, sized at 41 per replica.
+BIG = ScalerMemory(last_load_at=1000.0, capacity_per_replica=40.0)
+HEADROOM = [
+    # 80 in flight on 2 replicas: no headroom keeps 2; 80 + sqrt(80) = 88.9 slots need 3.
+    HeadroomCase("none keeps full batches", 0.0, 2, 40.0, 2),
+    HeadroomCase("sqrt(80) more slots", 1.0, 2, 40.0, 3),
+    # 800 in flight: 800 + 4 * sqrt(800) = 913 slots: 23 replicas, 15 % more.
+    HeadroomCase("relatively less at high load", 4.0, 20, 40.0, 23),
+    # Light load: 3 in flight + sqrt(3) = 4.7 slots fit one replica.
+    HeadroomCase("light load still one", 1.0, 1, 3.0, 1),
+]
+
+
+@pytest.mark.parametrize("case", HEADROOM, ids=[c.name for c in HEADROOM])
+def test_square_root_headroom(case: HeadroomCase) -> None:
+    d = decide(
+        policy(burst_headroom=case.headroom, target_queue_depth=1),
+        Observation(1000.0, case.pods, steady(case.pods, case.running_each)),
+        BIG,
+    )
+    assert d.desired_replicas == case.desired, d.message
+
+
+def test_headroom_shrinks_relative_to_load() -> None:
+    ratios = []
+    for n in (2, 8, 32):
+        d = decide(
+            policy(burst_headroom=2.0, max_replicas=100, target_queue_depth=1),
+            Observation(1000.0, n, steady(n, 40.0)),
+            BIG,
+        )
+        ratios.append(d.desired_replicas / n)
+    # Full batches on 2, 8 and 32 replicas: +50 %, +12.5 %, then within the tolerance.
+    assert ratios == [1.5, 1.125, 1.0]
+
+
+# ---------------------------------------------------------------- arrival rate (Little)
+def counted(now: float, per_pod: list[tuple[float, float, float]]) -> Observation:
+    """Pods a, b, ... with (waiting, running, completed so far)."""
+    names = tuple("abcdefgh"[i] for i in range(len(per_pod)))
+    ready = tuple(PodLoad(w, r, completed=c) for w, r, c in per_pod)
+    return Observation(now, len(per_pod), ready, names=names)
+
+
+def test_while_a_replica_loads_the_arrival_rate_sizes_not_the_growing_queue() -> None:
+    # 10 s ago both ready pods had finished 100 and 20 were in flight; now 150 each (10/s
+    # done) and 40 in flight (+2/s): 12 requests/s arrive. A saturated replica completes
+    # 5/s, so a request runs 10 / 5 = 2 s at full batch: 24 in flight at steady state, plus
+    # the backlog of 20 drained over 60 s: 24.7 slots, which the 3 replicas on hand (one
+    # loading) hold.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 100.0)),
+        counters_at=990.0,
+        in_flight=20.0,
+        replica_rate=5.0,
+    )
+    ready = counted(1000.0, [(10, 10, 150), (10, 10, 150)]).ready
+    obs = Observation(1000.0, 3, ready, (StartingPod(20.0),), names=("a", "b"))
+    d = decide(policy(burst_headroom=0.0), obs, memory)
+    assert d.memory.arrival_rate == pytest.approx(12.0)
+    assert (d.desired_replicas, d.reason) == (3, Reason.WITHIN_TOLERANCE), d.message
+    # Sized on the queue (no counters), the growing backlog adds a fourth: 40 / 12.
+    plain = Observation(1000.0, 3, steady(2, 10.0, 10.0), (StartingPod(20.0),))
+    assert decide(policy(burst_headroom=0.0), plain, KNOWN).desired_replicas == 4
+
+
+def test_without_loading_pods_the_queue_sizes_even_when_the_rate_says_more() -> None:
+    # In flight rose from 0 to 20 in 10 s (a burst of clients): the rate (10/s x 2.5 s = 25)
+    # says more than the 20 in flight, but only a loading fleet uses the rate.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 100.0)),
+        counters_at=990.0,
+        in_flight=0.0,
+    )
+    obs = counted(1000.0, [(0, 10, 140), (0, 10, 140)])
+    d = decide(policy(burst_headroom=0.0), obs, memory)
+    assert d.memory.arrival_rate == pytest.approx(10.0)
+    assert (d.desired_replicas, d.reason) == (2, Reason.WITHIN_TOLERANCE), d.message
+
+
+def test_rates_need_every_pods_counter() -> None:
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 100.0)),
+        counters_at=990.0,
+        in_flight=20.0,
+        arrival_rate=6.0,
+    )
+    obs = Observation(
+        1000.0,
+        2,
+        (PodLoad(0, 10, completed=120.0), PodLoad(0, 10)),
+        names=("a", "b"),
+    )
+    d = decide(policy(), obs, memory)
+    assert d.memory.arrival_rate is None and d.memory.counters_at is None
+
+
+def test_saturated_replica_rate_ignores_a_pod_on_its_first_batch() -> None:
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 0.0)),
+        counters_at=990.0,
+        in_flight=20.0,
+    )
+    # b just became ready: it has a queue but finished nothing yet.
+    obs = counted(1000.0, [(3, 10, 130), (3, 10, 0)])
+    d = decide(policy(), obs, memory)
+    assert d.memory.replica_rate == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------- KV cache learns upwards
+@pytest.mark.parametrize(
+    ("load", "before", "after"),
+    [
+        # 20 running fill 40 % of the cache: 50 would fit, 47.5 after the usable cut.
+        (PodLoad(0, 20, kv_cache_usage=0.4), 24.0, 47.5),
+        # Within the tolerance of what is known: kept.
+        (PodLoad(0, 20, kv_cache_usage=0.76), 24.0, 24.0),
+        # Too little of the cache in use to say anything.
+        (PodLoad(0, 1, kv_cache_usage=0.02), 24.0, 24.0),
+        # Nothing known yet: the estimate is the first capacity.
+        (PodLoad(0, 6, kv_cache_usage=0.3), None, 19.0),
+        # A queue says the real limit is lower than the cache suggests: saturation wins.
+        (PodLoad(4, 30, kv_cache_usage=0.5), None, 30.0),
+    ],
+)
+def test_capacity_from_kv_headroom(load: PodLoad, before: float | None, after: float) -> None:
+    memory = ScalerMemory(last_load_at=1000.0, capacity_per_replica=before)
+    d = decide(policy(), Observation(1000.0, 1, (load,)), memory)
+    assert d.memory.capacity_per_replica == pytest.approx(after)
+
+
+# ---------------------------------------------------------------- hold from the cold start
+@pytest.mark.parametrize(
+    ("explicit", "cold_start", "window"),
+    [
+        (None, None, HOLD_DEFAULT_SECONDS),
+        (None, 45.0, 90.0),
+        (None, 10.0, 60.0),  # never shorter than a minute
+        (None, 300.0, 600.0),
+        (None, 900.0, 600.0),  # never longer than ten minutes
+        (120, 300.0, 120.0),  # an explicit window wins
+    ],
+)
+def test_scale_down_window_follows_the_cold_start(
+    explicit: int | None, cold_start: float | None, window: float
+) -> None:
+    assert scale_down_window(policy(scale_down_window_seconds=explicit), cold_start) == window
+
+
+def test_a_fast_starting_expert_scales_down_sooner() -> None:
+    history = (Recommendation(900.0, 4),)  # 100 s ago 4 were needed
+    obs = Observation(1000.0, 4, steady(4, 1.0))
+    fast = ScalerMemory(history, 1000.0, 10.0, cold_start_seconds=45.0)
+    slow = ScalerMemory(history, 1000.0, 10.0, cold_start_seconds=300.0)
+    auto = policy(scale_down_window_seconds=None, burst_headroom=0.0)
+    assert decide(auto, obs, fast).desired_replicas == 1
+    d = decide(auto, obs, slow)
+    assert (d.desired_replicas, d.reason) == (4, Reason.STABILIZING_DOWN)
+
+
+@pytest.mark.parametrize(
+    ("starting", "before", "after"),
+    [
+        ((StartingPod(40.0), StartingPod(12.0)), None, 40.0),
+        ((StartingPod(40.0),), 90.0, 90.0),  # the longest seen is kept
+        ((StartingPod(200.0, scheduled=False),), None, None),  # pending: no GPU yet
+        ((StartingPod(5000.0),), 90.0, 90.0),  # stuck, not slow
+        ((StartingPod(30.0, ever_served=True),), None, None),  # restarting, not loading
+    ],
+)
+def test_cold_start_is_learned_from_loading_pods(
+    starting: tuple[StartingPod, ...], before: float | None, after: float | None
+) -> None:
+    memory = ScalerMemory(last_load_at=1000.0, capacity_per_replica=10.0, cold_start_seconds=before)
+    obs = Observation(1000.0, 2 + len(starting), steady(2, 5.0), starting)
+    assert decide(policy(), obs, memory).memory.cold_start_seconds == after
+
+
+# ---------------------------------------------------------------- stale metrics
+@pytest.mark.parametrize(
+    ("unreadable_for", "desired", "reason"),
+    [
+        (0.0, 4, Reason.METRICS_UNAVAILABLE),  # just failed: assumed busy, no scale-down
+        (59.0, 4, Reason.METRICS_UNAVAILABLE),
+        (60.0, 1, Reason.LOAD_BELOW_CAPACITY),  # stale: no longer holds scale-down
+    ],
+)
+def test_unreadable_pod_holds_scale_down_only_until_stale(
+    unreadable_for: float, desired: int, reason: Reason
+) -> None:
+    now = 1000.0
+    memory = ScalerMemory(
+        last_load_at=now, capacity_per_replica=10.0, unreadable_since=(("d", now - unreadable_for),)
+    )
+    obs = Observation(now, 4, (*steady(3, 1.0), None), names=("a", "b", "c", "d"))
+    d = decide(policy(stale_metrics_seconds=60, burst_headroom=0.0), obs, memory)
+    assert (d.desired_replicas, d.reason) == (desired, reason), d.message
+    assert d.memory.unreadable_since == (("d", now - unreadable_for),)
+
+
+def test_a_readable_pod_is_forgotten_as_unreadable() -> None:
+    memory = ScalerMemory(last_load_at=1000.0, unreadable_since=(("d", 900.0),))
+    obs = Observation(1000.0, 2, steady(2, 1.0), names=("a", "d"))
+    assert decide(policy(), obs, memory).memory.unreadable_since == ()
+
+
+def test_stale_pods_no_longer_block_scale_to_zero() -> None:
+    zero = policy(min_replicas=0, scale_to_zero_after_seconds=600, burst_headroom=0.0)
+    obs = Observation(5000.0, 1, (None,), names=("a",))
+    # Every pod unreadable: nothing is known, the expert holds (MetricsUnavailable).
+    held = decide(zero, obs, ScalerMemory(last_load_at=1000.0, unreadable_since=(("a", 0.0),)))
+    assert held.reason is Reason.METRICS_UNAVAILABLE
+    # One idle readable pod and one stale: idle long enough, so to zero.
+    two = Observation(5000.0, 2, (PodLoad(0, 0), None), names=("a", "b"))
+    memory = ScalerMemory(last_load_at=1000.0, unreadable_since=(("b", 4000.0),))
+    assert decide(zero, two, memory).desired_replicas == 0
+
+
+def test_invalid_new_fields_are_refused() -> None:
+    with pytest.raises(ValueError):
+        ScalingPolicy(burst_headroom=-1)
+    with pytest.raises(ValueError):
+        ScalingPolicy(stale_metrics_seconds=-1)
+    assert math.isclose(ScalingPolicy().burst_headroom, 1.0)
