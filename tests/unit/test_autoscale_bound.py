@@ -90,8 +90,8 @@ def test_bound_is_at_most_the_brute_force_optimum(
     optimum = _brute_force(workload, arrivals, n0, r0, target)
     assert optimum < float("inf"), "case must be feasible with N_MAX replicas"
     assert result.bound_gpu_seconds <= optimum + 1e-6
-    # Not trivially loose (the Lagrangian duality gap stays within 20 % on these cases).
-    assert result.bound_gpu_seconds >= 0.8 * optimum
+    # Not trivially loose (the Lagrangian duality gap stays within 25 % on these cases).
+    assert result.bound_gpu_seconds >= 0.75 * optimum
     # The planner's own schedule costs at least the bound.
     assert result.plan_gpu_seconds >= result.bound_gpu_seconds - 1e-6
 
