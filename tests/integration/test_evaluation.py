@@ -14,6 +14,7 @@ import base64
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,9 @@ class Router:
         try:
             with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:
                 return str(response.read().decode())
+        except urllib.error.HTTPError as error:
+            error.close()
+            return None
         except OSError:
             return None
 
