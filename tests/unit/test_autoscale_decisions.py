@@ -197,8 +197,8 @@ def test_capacity_from_kv_headroom(load: PodLoad, before: float | None, after: f
     ("explicit", "cold_start", "window"),
     [
         (None, None, HOLD_DEFAULT_SECONDS),
-        (None, 45.0, 90.0),
-        (None, 10.0, 60.0),  # never shorter than a minute
+        (None, 45.0, 300.0),  # never shorter than 5 minutes (bursts return within that)
+        (None, 200.0, 400.0),
         (None, 300.0, 600.0),
         (None, 900.0, 600.0),  # never longer than ten minutes
         (120, 300.0, 120.0),  # an explicit window wins
@@ -211,7 +211,7 @@ def test_scale_down_window_follows_the_cold_start(
 
 
 def test_a_fast_starting_expert_scales_down_sooner() -> None:
-    history = (Recommendation(900.0, 4),)  # 100 s ago 4 were needed
+    history = (Recommendation(600.0, 4),)  # 400 s ago 4 were needed
     obs = Observation(1000.0, 4, steady(4, 1.0))
     fast = ScalerMemory(history, 1000.0, 10.0, cold_start_seconds=45.0)
     slow = ScalerMemory(history, 1000.0, 10.0, cold_start_seconds=300.0)

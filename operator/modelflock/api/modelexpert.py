@@ -243,7 +243,7 @@ class Autoscaling(ApiModel):
         le=86_400,
         description="Scale down only to the highest recommendation seen over this window."
         " Unset: two of the expert's own cold starts (as measured from its pods), within"
-        " 60..600 s, and 300 s until a cold start was seen.",
+        " 300..600 s, and 300 s until a cold start was seen.",
     )
     burst_headroom: float = Field(
         default=DEFAULT_BURST_HEADROOM,

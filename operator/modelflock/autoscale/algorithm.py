@@ -44,7 +44,7 @@ KV_USABLE = 0.95
 RATE_SMOOTHING_SECONDS = 15.0
 # Without an explicit window, decreases wait this many cold starts, within these bounds.
 HOLD_COLD_STARTS = 2.0
-HOLD_MIN_SECONDS = 60.0
+HOLD_MIN_SECONDS = 300.0
 HOLD_MAX_SECONDS = 600.0
 HOLD_DEFAULT_SECONDS = 300.0  # until a cold start was seen
 COLD_START_MAX_SECONDS = 1800.0
