@@ -271,3 +271,62 @@ async def test_sql_metacharacters_are_data(
     assert EVIL in (raw.parse().choices[0].message.content or "")
     count = postgres.psql("SELECT count(*) FROM kb_router_facts", "modelflock").strip()
     assert int(count) == len(FACTS)
+
+
+async def test_shadow_evaluation_skips_answers_from_the_knowledge_base(
+    flock: Flock, postgres: LocalPostgres, minilm_server: str, tmp_path: Path
+) -> None:
+    """Only expert answers are compared: a knowledge-base answer has no expert to weigh a
+    candidate against (and its `kb:` name is no expert the operator would accept)."""
+    await fill(postgres, minilm_server, "kb_router_shadow")
+    await flock.sim("big")
+    await flock.sim("cand")
+    await flock.sim("judge", behaviour={"judge": True})
+    router = await flock.router(
+        {
+            "experts": [
+                flock.expert("big"),
+                flock.expert("cand"),
+                flock.expert("judge"),
+                {"name": "embed", "urls": [minilm_server], "model": MINILM_MODEL},
+            ],
+            "routes": [
+                {
+                    "name": "facts",
+                    "expert": "big",
+                    "retrieval": {"knowledgeBase": "facts", "minScore": "0.6"},
+                }
+            ],
+            "knowledgeBases": [
+                {
+                    "name": "facts",
+                    "secretDir": str(postgres.reader.write_dir(tmp_path / "ro")),
+                    "table": "kb_router_shadow",
+                    "dimensions": 384,
+                    "expert": "embed",
+                }
+            ],
+            "evaluation": {
+                "judge": {"type": "expert", "expert": "judge"},
+                "routes": [{"name": "facts", "sampleRate": "1", "candidates": ["cand"]}],
+                "dailyBudgetUSD": "100",
+            },
+        }
+    )
+    client = flock.client(router)
+    hit = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": QUESTION}]
+    )
+    assert hit.headers["x-modelflock-expert"] == "kb:facts"
+    miss = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Write a poem about autumn leaves."}]
+    )
+    assert miss.headers["x-modelflock-expert"] == "big"
+    for _ in range(200):  # the one sample of the expert's answer
+        if flock.sims["judge"].stats.completed:
+            break
+        await asyncio.sleep(0.05)
+    assert flock.sims["cand"].stats.requests == 1
+    text = await metrics_text(await flock.http(), router)
+    assert metric(text, "modelflock_router_shadow_samples_total", expert="big") == 1
+    assert metric(text, "modelflock_router_shadow_samples_total", expert="kb:facts") == 0
