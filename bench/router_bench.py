@@ -10,6 +10,12 @@ aiohttp client (streaming time to first chunk, 1,000 concurrent streams).
 --compare-tree DIR adds a second router run from another checkout's `operator/` (e.g. a
 worktree of main) to the same interleaved run: a before/after comparison of a change.
 
+--embedding adds a router whose classifier runs rules, then an embedding stage against the
+real all-MiniLM-L6-v2 (engine-sim --embedding-model minilm, on core 1), with a different
+prompt in every request so that each one is embedded (no LRU hits): the row shows what the
+embedding call costs a request; what the classifier adds beyond the call is measured by
+`bench/classifier_eval.py --overhead`.
+
 --shadow-rate 0.05 adds a second router whose only difference is shadow evaluation sampling
 5 % of the answers (a candidate replay and a pairwise judge call each, to an instant engine
 on core 1), in the same interleaved run, and prints its latency and throughput relative to
@@ -214,15 +220,28 @@ class Target:
     ttfc_ms: float | None = None
     rss_mib: float | None = None
     streams_ok: int | None = None
+    unique_prompts: bool = False  # every request a new prompt (defeats the embedding LRU)
 
 
-def write_wrk_script(path: Path, headers: dict[str, str]) -> None:
+def write_wrk_script(path: Path, headers: dict[str, str], unique: bool = False) -> None:
     lines = [
         'wrk.method = "POST"',
         f"wrk.body = {json.dumps(json.dumps(BODY))}",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    if unique:  # no rule matches it, and no two requests share a prompt
+        lines += [
+            "counter = 0",
+            "request = function()",
+            "  counter = counter + 1",
+            '  local text = "any tips for a relaxing weekend, idea " .. counter .. " of "'
+            " .. math.random(1, 1000000000)",
+            '  local body = \'{"model":"auto","max_tokens":16,"messages":[{"role":"user",'
+            '"content":"\' .. text .. \'"}]}\'',
+            "  return wrk.format(nil, nil, nil, body)",
+            "end",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -241,7 +260,7 @@ def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) 
     scripts = {}
     for t in targets:
         scripts[t.name] = workdir / f"{t.name.split()[0]}.lua"
-        write_wrk_script(scripts[t.name], t.headers)
+        write_wrk_script(scripts[t.name], t.headers, t.unique_prompts)
         run_wrk(f"{t.url}/v1/chat/completions", 8, 1, scripts[t.name])  # warm up
     cpu: dict[str, float] = dict.fromkeys(scripts, 0.0)
     for concurrency in CONCURRENCY:
@@ -277,6 +296,13 @@ def measure_all(targets: list[Target], duration: int, reps: int, workdir: Path) 
         t.ttfc_ms = statistics.median(ttfc[t.name])
 
 
+EMBEDDING_EXAMPLES = {
+    "code": ["write a python function to sort a list", "fix this bug in my code"],
+    "summarize": ["summarize this article in three bullets", "give me the key points"],
+    "chat": ["any ideas for a fun evening?", "how was your day?", "recommend a good movie"],
+}
+
+
 def router_config(
     path: Path,
     fast: str,
@@ -284,10 +310,12 @@ def router_config(
     candidate: str | None = None,
     rate: float = 0.0,
     limits: bool = True,
+    embedder: str | None = None,
 ) -> None:
     """The benchmark's router; with `candidate`, shadow evaluation samples `rate` of answers
     to it (it also judges them). With `limits`, the concurrency and connection caps are raised
-    so the 1,000-stream phase is admitted (leave it out for a tree from before the caps)."""
+    so the 1,000-stream phase is admitted (leave it out for a tree from before the caps). With
+    `embedder`, an embedding stage follows the rules."""
     extra: dict[str, object] = {}
     defaults: dict[str, object] = {"maxWaitingRequests": 2000}
     if limits:
@@ -304,6 +332,17 @@ def router_config(
             }
         }
     experts = [{"name": "cand", "urls": [candidate], "model": "cand"}] if candidate else []
+    stages: list[dict[str, object]] = [{"type": "rules"}]
+    if embedder is not None:
+        experts.append(
+            {
+                "name": "embed",
+                "urls": [embedder],
+                "model": "all-MiniLM-L6-v2",
+                "capabilities": ["embed"],
+            }
+        )
+        stages.append({"type": "embedding", "expert": "embed", "timeoutMilliseconds": 5000})
     path.write_text(
         json.dumps(
             {
@@ -321,14 +360,20 @@ def router_config(
                     *experts,
                 ],
                 "classifier": {
-                    "stages": [{"type": "rules"}],
+                    "stages": stages,
                     "intents": [
                         {
                             "name": "code",
                             "keywords": ["python", "function", "bug"],
                             "patterns": [r"\bdef \w+\("],
+                            "examples": EMBEDDING_EXAMPLES["code"],
                         },
-                        {"name": "summarize", "keywords": ["summarize", "tl;dr"]},
+                        {
+                            "name": "summarize",
+                            "keywords": ["summarize", "tl;dr"],
+                            "examples": EMBEDDING_EXAMPLES["summarize"],
+                        },
+                        {"name": "chat", "examples": EMBEDDING_EXAMPLES["chat"]},
                     ],
                     "defaultIntent": "chat",
                 },
@@ -487,6 +532,11 @@ def main() -> int:
         help="another checkout: its router (DIR/operator on PYTHONPATH) runs beside this one",
     )
     parser.add_argument(
+        "--embedding",
+        action="store_true",
+        help="add a router with an embedding stage against the real all-MiniLM-L6-v2",
+    )
+    parser.add_argument(
         "--shadow-rate",
         type=float,
         help="add a router with shadow evaluation sampling this share (e.g. 0.05)",
@@ -598,6 +648,45 @@ def main() -> int:
                         f"router, shadow {args.shadow_rate:.0%}", sbase, pid=shadow_proc.pid
                     )
                     targets.append(shadow)
+                if args.embedding:
+                    embed_port, emb_router_port = free_port(), free_port()
+                    embedder = f"http://{HOST}:{embed_port}"
+                    stack.enter_context(
+                        process(
+                            [
+                                *sim,
+                                "--port",
+                                str(embed_port),
+                                "--model",
+                                "all-MiniLM-L6-v2",
+                                "--embedding-model",
+                                "minilm",
+                                "--instant",
+                            ],
+                            1,
+                            log=work / "minilm.log",
+                        )
+                    )
+                    wait_http(f"{embedder}/health", 180)
+                    emb_config = work / "router-embedding.json"
+                    router_config(emb_config, fast, slow, embedder=embedder)
+                    emb_cmd = [*router_cmd]
+                    emb_cmd[emb_cmd.index(str(work / "router.json"))] = str(emb_config)
+                    emb_cmd[emb_cmd.index(str(router_port))] = str(emb_router_port)
+                    emb_proc = stack.enter_context(
+                        process(emb_cmd, 0, log=work / "router-embedding.log")
+                    )
+                    ebase = f"http://{HOST}:{emb_router_port}"
+                    wait_http(f"{ebase}/readyz")
+                    time.sleep(5)  # the examples are embedded in the background
+                    targets.append(
+                        Target(
+                            "router, rules+embedding (MiniLM)",
+                            ebase,
+                            pid=emb_proc.pid,
+                            unique_prompts=True,
+                        )
+                    )
                 if args.compare_tree is not None:
                     tree = args.compare_tree.resolve()
                     other_config = work / "router-other.json"
