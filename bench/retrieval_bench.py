@@ -310,7 +310,13 @@ def main() -> int:
         finally:
             for proc in procs:
                 proc.terminate()
-                proc.wait(10)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
             pg.destroy()
     rows = [
         (
