@@ -130,7 +130,8 @@ async def ingest_corpus(
             async def base() -> str:
                 return embed_url
 
-            embedder = Embedder(session, base, MODEL)
+            # A loaded machine may need long for a batch: the bench measures, never gives up.
+            embedder = Embedder(session, base, MODEL, timeout_seconds=300)
             settings = IngestSettings(120, 20, 64, 384, "bench", parallelism=2)
             started = time.perf_counter()
             result = await ingest(store, docs, embedder.embed, settings)
