@@ -256,7 +256,11 @@ class _Connection(asyncio.Protocol):
         # memory for a client that is not keeping up).
         self._paused_reading = False
         self._writable: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # When the head or body being read must be complete (0: nothing being read); checked
+        # by the server's sweep, not a timer per request (a timer each would cost more than
+        # the rest of the bookkeeping).
+        self.deadline = 0.0
+        self.deadline_for = ""
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -334,18 +338,19 @@ class _Connection(asyncio.Protocol):
             self._paused_reading = False
             transport.resume_reading()
 
-    # -- timers: a head and a body must arrive in time --
+    # -- deadlines: a head and a body must arrive in time --
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._timer = self._loop.call_later(seconds, self._timed_out, what, seconds)
+        self.deadline = self.idle_since + seconds  # the time of the bytes just received
+        self.deadline_for = what
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def _timed_out(self, what: str, seconds: float) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """The sweep found the head or body late: 408, and the connection closes."""
+        what = self.deadline_for
+        seconds = self._limits.head_timeout if what == "head" else self._limits.body_timeout
+        self.deadline = 0.0
         if not self.closed:
             self._refuse(408, f"the request {what} did not arrive within {seconds:g} s")
 
@@ -532,8 +537,8 @@ class _Connection(asyncio.Protocol):
             elif isinstance(result, Reply):
                 self._write_reply(result, request)
                 server.release(request)  # the answer is in the transport's buffer now
-                # The next request waits until the client takes this answer.
-                await self.drain()
+                if self.writing_paused():  # the next request waits until the client takes it
+                    await self.drain()
             else:
                 await result.end()
             if not request.keep_alive or server.stopping:
@@ -684,13 +689,17 @@ class HttpServer:
         self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than `keepalive_timeout`."""
-        loop = asyncio.get_running_loop()
+        """Close keep-alive connections idle for longer than `keepalive_timeout`, and answer
+        408 to requests whose head or body is late."""
+        loop, limits = asyncio.get_running_loop(), self.limits
+        interval = min(1.0, self.keepalive_timeout, limits.head_timeout, limits.body_timeout) / 2
         while True:
-            await asyncio.sleep(min(10.0, self.keepalive_timeout / 2))
+            await asyncio.sleep(interval)
             now = loop.time()
             for connection in list(self.connections):
-                if connection.idle() and now - connection.idle_since > self.keepalive_timeout:
+                if connection.deadline and now > connection.deadline:
+                    connection.timed_out()
+                elif connection.idle() and now - connection.idle_since > self.keepalive_timeout:
                     connection.close()
 
     async def stop(self, grace: float = 10.0) -> None:
