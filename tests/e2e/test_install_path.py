@@ -625,7 +625,8 @@ def test_08_cost_and_savings_panels_agree_with_the_report(day: Day) -> None:
         time.sleep(5)
         end, after = time.time(), day.router_metrics()
     expected = report_delta(before, after)
-    assert set(expected) >= {"code", "summarize", "chat"}
+    # code, summarize, and the routes the policy gives the lookup and the hard question.
+    assert set(expected) >= {"code", "summarize"} and len(expected) >= 3, expected
     # The window reaches into the quiet seconds before and after the traffic: every request
     # of the measured phase is inside it, and the counters are flat at both edges.
     seconds = math.ceil(end - start) + 2
