@@ -129,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             portfolio.router_url, workload.plan({"writing": 4}, args.seed + 2), 2, "writing, warm"
         )
 
+        # Evaluate a settled portfolio: not while code-7b's burst replicas are going away.
+        wait_for(lambda: portfolio.ready_replicas("code-7b") == 1, "code-7b back to 1 replica", 90)
+        time.sleep(3)  # the router's next discovery poll drops the removed replicas
         say("shadow evaluation: every answer sampled for a while (kubectl patch: sampleRate 1)")
         portfolio.set_evaluation(sampleRate="1", maxConcurrent=8)
         # Distinct prompts: each sample is a different request (the engines' answer quality
         # is fixed per prompt, so repeating one would repeat its outcome).
-        quality_mix = {"summary": 45, "code": 60, "writing": 32, "lookup": 30}
+        quality_mix = {"summary": 45, "code": 100, "writing": 32}
         quality_jobs = [
             (kind, f"{prompt} (case {i})")
             for i, (kind, prompt) in enumerate(workload.plan(quality_mix, args.seed + 3))
