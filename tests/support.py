@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -108,6 +110,12 @@ class OperatorProcess:
     # Serve the sidecar webhook with certificates made by openssl (see make_webhook_certs).
     webhook_dir: Path | None = None
     webhook_port: int = field(default_factory=free_port)
+    # start() returns once this process leads (False: once it answers /healthz, maybe standing by).
+    wait_leader: bool = True
+    # Extra environment (e.g. KUBECONFIG with a ServiceAccount's token, POD_NAME).
+    env: dict[str, str] = field(default_factory=dict)
+    # Replaces --all-namespaces (e.g. ["--namespace", "a"]); None keeps --all-namespaces.
+    scope_args: list[str] | None = None
 
     @property
     def flock_url(self) -> str:
@@ -130,7 +138,7 @@ class OperatorProcess:
                 "operator",
                 "--config",
                 str(config_path),
-                "--all-namespaces",
+                *(["--all-namespaces"] if self.scope_args is None else self.scope_args),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--flock-api-port",
@@ -142,13 +150,15 @@ class OperatorProcess:
                 *self._webhook_args(),
                 *self.extra_args,
             ],
-            env=self.cluster.env(),
+            env={**self.cluster.env(), **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
         wait_for(self._healthy, "operator liveness endpoint", timeout=60)
+        if self.wait_leader:
+            wait_for(self.is_leader, "operator leading (leader Lease held)", timeout=60)
 
     def _webhook_args(self) -> list[str]:
         if self.webhook_dir is None:
@@ -167,6 +177,32 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.liveness_port}/healthz"
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
+
+    def health(self) -> dict[str, Any]:
+        """The /healthz document: {"leader": bool, "identity": str, "holder": str}."""
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+
+    def is_leader(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
+        return bool(self.health()["leader"])
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: the Lease stays held until it expires."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         if self.process is None:
@@ -277,3 +313,65 @@ class EngineSimProcess:
                 self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def service_account_kubeconfig(
+    cluster: LocalCluster, namespace: str, account: str, path: Path
+) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (a TokenRequest token), so a test
+    runs the operator with exactly the permissions the chart grants it."""
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration", "2h").strip()
+    admin = json.loads(cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": account,
+                "context": {"cluster": admin["clusters"][0]["name"], "user": account},
+            }
+        ],
+        "current-context": account,
+    }
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def helm_template(cluster: LocalCluster, release: str, namespace: str, *args: str) -> str:
+    """The chart rendered by the pinned helm (no cluster access)."""
+    assert cluster.bin_dir is not None
+    chart = Path(__file__).resolve().parents[1] / "charts" / "modelflock"
+    result = subprocess.run(
+        [
+            str(cluster.bin_dir / "helm"),
+            "template",
+            release,
+            str(chart),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            "v1.36.3",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cluster.env(),
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"helm template failed: {result.stderr}")
+    return result.stdout
+
+
+def election_config(**leader: float) -> dict[str, Any]:
+    """Operator configuration overrides for leader-election tests: short, but not so short that
+    a busy 2-core CI machine misses renewals."""
+    return {
+        "leaderElection": {
+            "leaseDurationSeconds": leader.get("lease", 4),
+            "renewDeadlineSeconds": leader.get("renew", 3),
+            "retryPeriodSeconds": leader.get("retry", 0.5),
+        }
+    }

@@ -7,10 +7,17 @@ operator at start with a message naming the key (`load_operator_config`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from modelflock.api.modelexpert import Toleration
@@ -48,6 +55,46 @@ class AutoscalerSettings(ConfigModel):
     prometheus_url: str | None = None
 
 
+class LeaderElection(ConfigModel):
+    """Who may write: one leader per Lease (coordination.k8s.io), the other replicas stand by.
+
+    Same semantics as client-go's leader election: the leader renews every `retryPeriodSeconds`
+    and stops writing when it could not renew for `renewDeadlineSeconds`; a standby takes the
+    Lease when its record has not changed for `leaseDurationSeconds` (measured on its own clock).
+    """
+
+    lease_name: str = Field(
+        default="modelflock-operator",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    lease_namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of the Lease; default: the operator's own namespace "
+        "(POD_NAMESPACE, else the service account's namespace, else `default`).",
+    )
+    lease_duration_seconds: float = Field(default=15.0, ge=1, le=300)
+    renew_deadline_seconds: float = Field(default=10.0, gt=0, le=300)
+    retry_period_seconds: float = Field(default=2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElection:
+        if not self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "renewDeadlineSeconds must be below leaseDurationSeconds"
+                " (the leader stops writing before a standby may take over)"
+            )
+        if not self.retry_period_seconds * 1.2 < self.renew_deadline_seconds:
+            raise ValueError(
+                "retryPeriodSeconds x 1.2 must be below renewDeadlineSeconds"
+                " (several renewals must fit in the deadline)"
+            )
+        return self
+
+
 class OperatorConfig(ConfigModel):
     node_pools: list[NodePool] = Field(default_factory=list)
     images: EngineImages = Field(default_factory=EngineImages)
@@ -65,6 +112,18 @@ class OperatorConfig(ConfigModel):
     service_domain: str = Field(
         default="svc.cluster.local", description="Cluster DNS suffix for Service URLs."
     )
+    watch_namespaces: list[
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    ] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Namespaced mode: serve only these namespaces (empty: as the command line "
+        "says, --all-namespaces or --namespace).",
+    )
+    leader_election: LeaderElection = Field(default_factory=LeaderElection)
+    request_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="Bound on every Kubernetes API request."
+    )
 
     @model_validator(mode="after")
     def _unique_pools(self) -> OperatorConfig:
@@ -72,6 +131,10 @@ class OperatorConfig(ConfigModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"nodePools: duplicate pool names {duplicates}")
+        namespaces = self.watch_namespaces
+        repeated = sorted({n for n in namespaces if namespaces.count(n) > 1})
+        if repeated:
+            raise ValueError(f"watchNamespaces: repeated namespaces {repeated}")
         return self
 
     def pool(self, name: str | None) -> NodePool | None:

@@ -142,6 +142,9 @@ class LocalCluster:
     pools: Sequence[GpuPool] = DEFAULT_POOLS
     bin_dir: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How each component was started, so a test can stop and start it again (outage tests).
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     pod_cidr: str = field(
         default_factory=lambda: f"127.{random.choice(POD_CIDR_SECOND_OCTETS)}.0.0/16"
     )
@@ -171,7 +174,7 @@ class LocalCluster:
             self.bin_dir = build_binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
-        ports = {
+        ports = self.ports = {
             name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "sched", "kwok")
         }
         self._make_certificates()
@@ -208,6 +211,49 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / "pids.json").unlink()
 
+    # ---- outages (tests that stop a component and start it again) ---------------------------
+
+    def stop_component(self, name: str, *, kill: bool = False) -> None:
+        """Stop one component (SIGTERM, or SIGKILL with `kill`) and keep it down."""
+        proc = self.processes.pop(name)
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        else:
+            stop_process_group(proc, timeout=10)
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start a stopped component again with its original command line; wait until it
+        answers (etcd /health, kube-apiserver /readyz)."""
+        if name in self.processes:
+            raise RuntimeError(f"{name} is running")
+        self._spawn(name, self.argv[name])
+        if name == "etcd":
+            self._wait_http(f"http://127.0.0.1:{self.ports['etcd']}/health", "etcd", timeout)
+        elif name == "kube-apiserver":
+            self._wait_https(
+                f"https://127.0.0.1:{self.ports['apiserver']}/readyz", "kube-apiserver", timeout
+            )
+
+    def restart_component(
+        self, name: str, down_seconds: float = 0.0, timeout: float = 60.0
+    ) -> None:
+        self.stop_component(name)
+        time.sleep(down_seconds)
+        self.start_component(name, timeout)
+
+    def api_ready(self) -> bool:
+        """Whether kube-apiserver answers /readyz with 200 now (etcd included)."""
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        url = f"https://127.0.0.1:{self.ports['apiserver']}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
     def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         assert self.bin_dir is not None
         return subprocess.run(
@@ -228,6 +274,7 @@ class LocalCluster:
     # ---- pieces ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self.argv[name] = argv
         log = (self.workdir / "logs" / f"{name}.log").open("ab")
         # New session: stop() signals the whole group, so no child outlives the cluster.
         self.processes[name] = subprocess.Popen(

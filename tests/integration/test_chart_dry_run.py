@@ -256,8 +256,8 @@ def test_helm_install_upgrade_uninstall(cluster: LocalCluster, helm: Helm) -> No
     try:
         helm("install", release, str(CHART), "--namespace", ns, "--create-namespace")
         deployment = get(cluster, "-n", ns, "deployment", "mf-modelflock")
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
         # The CRDs now belong to the release, with the keep policy.
         crd = get(cluster, "crd", OUR_CRDS[0])
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -249,6 +249,9 @@ def test_default_objects(default_docs: list[dict[str, Any]]) -> None:
             "Deployment",
             "MutatingWebhookConfiguration",
             "Pod",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Service",
             "ServiceAccount",
@@ -282,8 +285,11 @@ def test_full_objects(full_docs: list[dict[str, Any]]) -> None:
             "Issuer",
             "MutatingWebhookConfiguration",
             "Pod",
+            "PodDisruptionBudget",
             "PodMonitor",
             "PrometheusRule",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount",
             "ServiceMonitor",
@@ -291,29 +297,37 @@ def test_full_objects(full_docs: list[dict[str, Any]]) -> None:
     )
 
 
+# Exactly what the code uses (tests/integration/test_operator_rbac.py runs the operator with
+# these and fails on any "forbidden"). No Secret is ever listed or watched (finding 11).
 EXPECTED_RULES = {
-    ("modelflock.io", "modelexperts"): {"get", "list", "watch", "patch", "update"},
-    ("modelflock.io", "routingpolicies"): {"get", "list", "watch", "patch", "update"},
-    ("modelflock.io", "modelexperts/status"): {"get", "patch", "update"},
-    ("modelflock.io", "routingpolicies/status"): {"get", "patch", "update"},
-    ("modelflock.io", "knowledgebases"): {"get", "list", "watch", "patch", "update"},
-    ("modelflock.io", "knowledgebases/status"): {"get", "patch", "update"},
-    ("modelflock.io", "modelexperts/scale"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("modelflock.io", "modelexperts"): {"get", "list", "watch", "patch"},
+    ("modelflock.io", "routingpolicies"): {"get", "list", "watch", "patch"},
+    ("modelflock.io", "knowledgebases"): {"get", "list", "watch", "patch"},
+    ("modelflock.io", "modelexperts/status"): {"patch"},
+    ("modelflock.io", "routingpolicies/status"): {"patch"},
+    ("modelflock.io", "knowledgebases/status"): {"patch"},
+    ("modelflock.io", "modelexperts/scale"): {"patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "secrets"): {"get", "list", "watch", "create", "patch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"get", "list", "watch"},
+    ("", "pods"): {"list", "watch"},
+    ("", "secrets"): {"get", "create", "patch"},
+    ("", "events"): {"create"},
 }
+LEADER_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["modelflock-operator"],
+        "verbs": ["get", "update"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+]
 
 
-def test_rbac_is_least_privilege(default_docs: list[dict[str, Any]]) -> None:
-    role = one(default_docs, "ClusterRole")
+def granted_rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames/nonResourceURLs
@@ -322,13 +336,84 @@ def test_rbac_is_least_privilege(default_docs: list[dict[str, Any]]) -> None:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert granted == EXPECTED_RULES
+    return granted
+
+
+def test_rbac_is_least_privilege(default_docs: list[dict[str, Any]]) -> None:
+    role = one(default_docs, "ClusterRole")
+    assert granted_rules(role) == EXPECTED_RULES
     binding = one(default_docs, "ClusterRoleBinding")
     account = one(default_docs, "ServiceAccount")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [
+    subjects = [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
     ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == subjects
+    # Leader election: the Lease by name, and the leader label on its own namespace's pods.
+    election = one(default_docs, "Role")
+    assert election["metadata"] == {
+        **election["metadata"],
+        "name": "modelflock-leader-election",
+        "namespace": NAMESPACE,
+    }
+    assert election["rules"] == LEADER_RULES
+    election_binding = one(default_docs, "RoleBinding")
+    assert election_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "modelflock-leader-election",
+    }
+    assert election_binding["subjects"] == subjects
+
+
+def test_namespaced_mode_uses_roles_only(helm_env: dict[str, str]) -> None:
+    docs = render(helm_env, "--set", "watchNamespaces={team-a,team-b}")
+    assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds(docs))
+    roles = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Role"
+    }
+    assert set(roles) == {
+        ("team-a", "modelflock"),
+        ("team-b", "modelflock"),
+        (NAMESPACE, "modelflock-leader-election"),
+    }
+    assert granted_rules(roles[("team-a", "modelflock")]) == EXPECTED_RULES
+    bindings = {
+        (d["metadata"]["namespace"], d["roleRef"]["name"])
+        for d in docs
+        if d["kind"] == "RoleBinding"
+    }
+    assert bindings == {
+        ("team-a", "modelflock"),
+        ("team-b", "modelflock"),
+        (NAMESPACE, "modelflock-leader-election"),
+    }
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--all-namespaces" not in container["args"]
+    config = parse_operator_config(operator_config(docs), "namespaced chart")
+    assert config.watch_namespaces == ["team-a", "team-b"]
+    [hook] = one(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": ["team-a", "team-b"],
+            }
+        ]
+    }
+    # An explicit selector still wins.
+    docs = render(
+        helm_env,
+        "--set",
+        "watchNamespaces={team-a}",
+        "--set",
+        "webhook.namespaceSelector.matchLabels.inject=yes",
+    )
+    [hook] = one(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["namespaceSelector"] == {"matchLabels": {"inject": "yes"}}
+    failed = template_failure(helm_env, "--set", "watchNamespaces={Team_A}")
+    assert "watchNamespaces" in failed
 
 
 def test_rbac_and_service_account_switches(helm_env: dict[str, str]) -> None:
@@ -341,7 +426,9 @@ def test_rbac_and_service_account_switches(helm_env: dict[str, str]) -> None:
         "--set",
         "serviceAccount.name=existing",
     )
-    assert not {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"} & set(kinds(docs))
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"} & set(
+        kinds(docs)
+    )
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "existing"
     failed = template_failure(helm_env, "--set", "serviceAccount.create=false")
@@ -351,9 +438,20 @@ def test_rbac_and_service_account_switches(helm_env: dict[str, str]) -> None:
 def test_operator_deployment(default_docs: list[dict[str, Any]]) -> None:
     deployment = one(default_docs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas elect a leader; rolling updates are safe (a stopping leader hands over).
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert (
+        anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == spec["selector"]["matchLabels"]
+    )
+    budget = one(default_docs, "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
     assert set(spec["selector"]["matchLabels"].items()) <= set(
         spec["template"]["metadata"]["labels"].items()
     )
@@ -363,6 +461,8 @@ def test_operator_deployment(default_docs: list[dict[str, Any]]) -> None:
     assert container["image"] == "modelflock/modelflock:0.1.0"
     assert container["command"] == ["modelflock"]
     assert container["args"] == OPERATOR_ARGS
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "metrics": 8080,
         "flock-api": 8090,
@@ -371,8 +471,8 @@ def test_operator_deployment(default_docs: list[dict[str, Any]]) -> None:
     }
     probe = container["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "liveness"}
-    # Ready only when the flock API (which serves /readyz) and the webhook listener are up.
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "flock-api"}
+    # The leader is ready once its flock API and webhook listener are up; a standby is ready.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "liveness"}
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
     assert security["readOnlyRootFilesystem"] is True
@@ -410,8 +510,12 @@ def test_service_ports(default_docs: list[dict[str, Any]]) -> None:
         "flock-api": (8090, "flock-api"),
         "webhook": (9443, "webhook"),
     }
+    # The leader only (it labels its own pod): standbys serve neither webhook nor flock API.
     pod_labels = one(default_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert set(service["spec"]["selector"].items()) <= set(pod_labels.items())
+    selector = dict(service["spec"]["selector"])
+    assert selector.pop("modelflock.io/leader") == "true"
+    assert "modelflock.io/leader" not in pod_labels
+    assert set(selector.items()) <= set(pod_labels.items())
 
 
 def operator_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -429,6 +533,14 @@ def test_default_operator_config_is_valid(default_docs: list[dict[str, Any]]) ->
     assert config.autoscaler.metric_source == "scrape"
     assert config.autoscaler.prometheus_url is None
     assert config.node_pools == []
+    assert config.watch_namespaces == []
+    election = config.leader_election
+    assert (election.lease_name, election.lease_namespace) == ("modelflock-operator", NAMESPACE)
+    assert (
+        election.lease_duration_seconds,
+        election.renew_deadline_seconds,
+        election.retry_period_seconds,
+    ) == (15, 10, 2)
 
 
 def test_full_operator_config_is_valid(full_docs: list[dict[str, Any]]) -> None:
@@ -451,6 +563,11 @@ def test_operator_config_matches_the_example_file(helm_env: dict[str, str]) -> N
         "autoscaler": example["autoscaler"],
         "resyncSeconds": example["resyncSeconds"],
         "operatorUrl": example["operatorUrl"],
+        "leaderElection": {
+            key: value
+            for key, value in example["leaderElection"].items()
+            if key != "leaseNamespace"  # the release namespace
+        },
     }
     path = Path(helm_env["HELM_CONFIG_HOME"]).parent / "example-values.yaml"
     path.write_text(yaml.safe_dump(values))

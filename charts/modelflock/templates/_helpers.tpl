@@ -109,6 +109,63 @@ the chart's appVersion). */}}
 {{- fail "autoscaler.prometheusUrl is required when autoscaler.metricSource is prometheus" -}}
 {{- end -}}
 {{- $images := dict "vllm" .Values.images.vllm "tgi" .Values.images.tgi "router" (default (include "modelflock.image" .) .Values.images.router) -}}
-{{- $config := dict "nodePools" .Values.nodePools "images" $images "autoscaler" $autoscaler "resyncSeconds" .Values.resyncSeconds "flockApiPort" (include "modelflock.port.flockApi" . | int) "metricsPort" (include "modelflock.port.metrics" . | int) "operatorUrl" (include "modelflock.operatorUrl" .) -}}
+{{- $election := dict "leaseName" (include "modelflock.leaseName" .) "leaseNamespace" .Release.Namespace "leaseDurationSeconds" .Values.leaderElection.leaseDurationSeconds "renewDeadlineSeconds" .Values.leaderElection.renewDeadlineSeconds "retryPeriodSeconds" .Values.leaderElection.retryPeriodSeconds -}}
+{{- $config := dict "nodePools" .Values.nodePools "images" $images "autoscaler" $autoscaler "resyncSeconds" .Values.resyncSeconds "flockApiPort" (include "modelflock.port.flockApi" . | int) "metricsPort" (include "modelflock.port.metrics" . | int) "operatorUrl" (include "modelflock.operatorUrl" .) "leaderElection" $election -}}
+{{- if .Values.watchNamespaces -}}
+{{- $_ := set $config "watchNamespaces" .Values.watchNamespaces -}}
+{{- end -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* The Lease the replicas elect their leader with. One name for every clusterwide release in a
+namespace: two of them would otherwise both write to the same objects. */}}
+{{- define "modelflock.leaseName" -}}
+{{- default "modelflock-operator" .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{/* What the operator does with each kind, in every namespace it serves (a ClusterRole, or a
+Role per watched namespace). Verbs are the ones the code uses, checked by running the
+operator with them (tests/integration/test_operator_rbac.py). */}}
+{{- define "modelflock.operatorRules" -}}
+# The kinds it reconciles: watched; kopf patches its finalizer; reads by name.
+- apiGroups: ["modelflock.io"]
+  resources: ["modelexperts", "routingpolicies", "knowledgebases"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["modelflock.io"]
+  resources: ["modelexperts/status", "routingpolicies/status", "knowledgebases/status"]
+  verbs: ["patch"]
+# The autoscaler sets replicas through the scale subresource.
+- apiGroups: ["modelflock.io"]
+  resources: ["modelexperts/scale"]
+  verbs: ["patch"]
+# Engine Deployments and router gateways: watched, read, server-side applied, gateways deleted.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Rendered router ConfigMaps (applied); classifier examples and KnowledgeBase sources (read by
+# name); ConfigMaps labelled modelflock.io/examples are watched (RBAC cannot filter by label).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Who may reach a policy's gateway (rendered with it, deleted with it).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+# Engine pods: readiness, scheduling failures, IPs to scrape.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Secrets, by name only: an external expert's API key exists, a policy's router token, a
+# KnowledgeBase's store credentials and Secret-held documents; the router token Secret is
+# applied. Never listed or watched: the operator cannot enumerate a namespace's Secrets.
+# Token Secrets are garbage-collected with their policy.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
 {{- end -}}

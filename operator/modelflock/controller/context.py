@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import kopf
 from prometheus_client import CollectorRegistry
 
 from modelflock.api.knowledgebase import KnowledgeBaseStatus
@@ -17,6 +18,7 @@ from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, S
 from modelflock.controller.evaluation import EvaluationStore
 from modelflock.controller.kube import Kube, Manifest
 from modelflock.controller.metrics import OperatorMetrics
+from modelflock.controller.outage import ApiOutage
 from modelflock.controller.readiness import Listener
 from modelflock.operator_config import OperatorConfig
 from modelflock.render.classifier_health import ClassifierReport
@@ -116,6 +118,14 @@ class OperatorContext:
     # Listeners besides the flock API that must accept connections before /readyz says ready
     # (the sidecar webhook, when served).
     readiness_listeners: tuple[Listener, ...] = ()
+    # Shared with the elector: an API outage is logged once, and ends with a reconcile of all.
+    outage: ApiOutage = field(default_factory=ApiOutage)
+
+    def event(self, body: kopf.Body, *, type: str, reason: str, message: str) -> None:
+        """Post a Kubernetes Event about `body`, unless this replica is not the leader (then
+        another operator posts it: events are never doubled)."""
+        if self.kube.may_write():
+            kopf.event(body, type=type, reason=reason, message=message[:1024])
 
     async def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply, counted (`modelflock_applies_total{kind}`)."""
@@ -155,13 +165,42 @@ class OperatorContext:
             if ns == namespace:
                 event.set()
 
+    def trigger_all(self) -> None:
+        """Reconcile every object now (after an API outage: resume at once, not at the next
+        resync). Forces a fresh apply too, since children may have changed meanwhile."""
+        for state in self.experts.values():
+            state.applied_digest = ""
+            state.trigger.set()
+        for event in self.policy_triggers.values():
+            event.set()
 
-def new_context(config: OperatorConfig, kube: Kube) -> OperatorContext:
-    registry = CollectorRegistry()
+
+@dataclass(frozen=True)
+class SharedMetrics:
+    """The process's metrics: they outlive a leadership term, so counters never restart."""
+
+    registry: CollectorRegistry
+    operator: OperatorMetrics
+    sources: SourceMetrics
+
+    @classmethod
+    def create(cls) -> SharedMetrics:
+        registry = CollectorRegistry()
+        return cls(registry, OperatorMetrics(registry), SourceMetrics(registry))
+
+
+def new_context(
+    config: OperatorConfig,
+    kube: Kube,
+    metrics: SharedMetrics | None = None,
+    outage: ApiOutage | None = None,
+) -> OperatorContext:
+    shared = metrics if metrics is not None else SharedMetrics.create()
     return OperatorContext(
         config=config,
         kube=kube,
-        registry=registry,
-        metrics=OperatorMetrics(registry),
-        source_metrics=SourceMetrics(registry),
+        registry=shared.registry,
+        metrics=shared.operator,
+        source_metrics=shared.sources,
+        outage=outage if outage is not None else ApiOutage(),
     )

@@ -145,13 +145,13 @@ async def _secret_problem(
     return None
 
 
-def _post_events(body: kopf.Body, transitions: Sequence[Transition]) -> None:
+def _post_events(ctx: OperatorContext, body: kopf.Body, transitions: Sequence[Transition]) -> None:
     for item in transitions:
-        kopf.event(
+        ctx.event(
             body,
             type="Warning" if item.warning else "Normal",
             reason=item.reason,
-            message=f"{item.type}={item.status}: {item.message}"[:1024],
+            message=f"{item.type}={item.status}: {item.message}",
         )
 
 
@@ -170,7 +170,7 @@ async def reconcile_expert(
     except ValidationError as error:
         # Admission should have refused it; report instead of crashing the worker.
         ctx.metrics.reconciles.labels(KIND, "invalid").inc()
-        kopf.warn(body, reason="InvalidSpec", message=str(error)[:1024])
+        ctx.event(body, type="Warning", reason="InvalidSpec", message=str(error))
         return
     namespace, name = key
     spec = expert.spec
@@ -259,7 +259,7 @@ async def reconcile_expert(
         state.last_status = result.status.model_copy(update=extra)
         # Policies that name this expert re-render on readiness/endpoint changes.
         ctx.trigger_policies_in(namespace)
-    _post_events(body, result.transitions)
+    _post_events(ctx, body, result.transitions)
     _record_condition_metrics(ctx, key, result.status)
     ctx.metrics.reconciles.labels(KIND, "ok").inc()
     ctx.metrics.reconcile_seconds.labels(KIND).observe(time.monotonic() - started)
@@ -321,7 +321,7 @@ async def autoscale_tick(
         fresh = await ctx.kube.get(API_VERSION, KIND, name, namespace)
         spec_replicas = ((fresh or {}).get("spec") or {}).get("replicas", spec_replicas)
     if state.written_replicas is not None and spec_replicas not in (None, state.written_replicas):
-        kopf.event(
+        ctx.event(
             body,
             type="Warning",
             reason="ManualScaleOverridden",
@@ -373,13 +373,11 @@ async def autoscale_tick(
             return fields
         state.written_replicas = desired
         if desired != current:
-            kopf.event(
+            ctx.event(
                 body,
                 type="Normal",
                 reason="Scaled",
-                message=f"{current} -> {desired} replicas: {decision.reason.value}: {decision.message}"[
-                    :1024
-                ],
+                message=f"{current} -> {desired} replicas: {decision.reason.value}: {decision.message}",
             )
             fields["last_scale_time"] = now
             fields["last_scale_reason"] = decision.reason.value

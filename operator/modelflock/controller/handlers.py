@@ -15,9 +15,10 @@ from modelflock.api.common import GROUP, VERSION
 from modelflock.controller.context import OperatorContext
 from modelflock.controller.expert import reconcile_expert
 from modelflock.controller.knowledgebase import reconcile_knowledge_base
-from modelflock.controller.kube import api_error_message
+from modelflock.controller.kube import NotLeader, api_error_message
+from modelflock.controller.outage import is_unreachable_error
 from modelflock.controller.policy import reconcile_policy
-from modelflock.controller.servers import start_servers
+from modelflock.controller.servers import start_flock_api
 from modelflock.render.examples import EXAMPLES_LABEL
 from modelflock.render.expert import EXPERT_LABEL
 from modelflock.render.injection import inject_sidecar
@@ -25,6 +26,10 @@ from modelflock.render.router_pod import POLICY_LABEL
 
 FINALIZER = "modelflock.io/finalizer"
 ERROR_BACKOFF_SECONDS = 5.0
+# kopf retries a failed API request with these pauses (its default grows to 21 s, so a watch
+# could resume up to 21 s after the API server came back). Capped at 2 s, for about ten
+# minutes, after which a watch simply reconnects and starts over.
+API_ERROR_BACKOFFS = (0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, *([2.0] * 300))
 
 
 def _context(memo: Any) -> OperatorContext:
@@ -65,10 +70,15 @@ async def _work(
         try:
             await reconcile()
             wait = period()  # after the pass: it may have switched autoscaling on or off
+        except NotLeader:
+            return  # the Lease was lost: the controllers are stopping; nothing to retry
         except Exception as error:
             ctx.metrics.reconciles.labels(kind, "error").inc()
             ctx.metrics.errors.labels(kind, "reconcile").inc()
-            logger.warning("reconcile failed, retrying: %s", api_error_message(error))
+            message = api_error_message(error)
+            # During an API outage every worker fails at once: log the outage once, not each.
+            if not is_unreachable_error(message) or ctx.outage.failed():
+                logger.warning("reconcile failed, retrying: %s", message)
             wait = min(period(), ERROR_BACKOFF_SECONDS)
         await _wait_for_trigger(trigger, stopped, wait)
 
@@ -90,16 +100,20 @@ def build_registry(
         )
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
-        settings.networking.request_timeout = 30
+        ctx = _context(memo)
+        settings.networking.request_timeout = ctx.config.request_timeout_seconds
+        settings.networking.error_backoffs = API_ERROR_BACKOFFS
+        # The two CRDs must exist at start (checked by the runtime); no cluster-wide watch of
+        # CRDs or namespaces is needed, so the operator can run with namespaced Roles only.
+        settings.scanning.disabled = True
         if webhook is not None:
             settings.admission.server = webhook
             settings.admission.managed = None  # the chart (or the test) owns the configuration
-        ctx = _context(memo)
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube")
         )
         ctx.http = aiohttp.ClientSession()
-        memo.runners = await start_servers(ctx)
+        memo.runners = [await start_flock_api(ctx)]
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -183,21 +183,23 @@ async def run_pass(
     return ingest_status(kb, previous, None, failures, datetime.now(UTC))
 
 
-def _post_events(body: kopf.Body, before: KnowledgeBaseStatus, after: KnowledgeBaseStatus) -> None:
+def _post_events(
+    ctx: OperatorContext, body: kopf.Body, before: KnowledgeBaseStatus, after: KnowledgeBaseStatus
+) -> None:
     old = {c.type: (c.status, c.reason) for c in before.conditions}
     for condition in after.conditions:
         if condition.type == "Ingesting":
             continue  # every pass flips it: the Ingested event below says what happened
         if old.get(condition.type) != (condition.status, condition.reason):
             bad = (condition.type == "Degraded") == (condition.status == "True")
-            kopf.event(
+            ctx.event(
                 body,
                 type="Warning" if bad else "Normal",
                 reason=condition.reason,
-                message=f"{condition.type}={condition.status}: {condition.message}"[:1024],
+                message=f"{condition.type}={condition.status}: {condition.message}",
             )
     if after.source_hash != before.source_hash and after.source_hash is not None:
-        kopf.event(
+        ctx.event(
             body,
             type="Normal",
             reason="Ingested",
@@ -215,11 +217,11 @@ async def reconcile_knowledge_base(
         kb = KnowledgeBase.model_validate(object_document(body))
     except ValidationError as error:
         ctx.metrics.reconciles.labels(KIND, "invalid").inc()
-        kopf.warn(body, reason="InvalidSpec", message=str(error)[:1024])
+        ctx.event(body, type="Warning", reason="InvalidSpec", message=str(error))
         return 300.0
     previous = ctx.kb_status.get(key) or kb.status or KnowledgeBaseStatus()
     status = await run_pass(ctx, kb, previous)
-    _post_events(body, previous, status)
+    _post_events(ctx, body, previous, status)
     if status.to_api() != previous.to_api() or kb.status is None:
         await _patch(ctx, kb, status)
     ctx.kb_status[key] = status

@@ -5,17 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 FIELD_MANAGER = "modelflock"
 AUTOSCALER_FIELD_MANAGER = "modelflock-autoscaler"
 Manifest = dict[str, Any]
+DEFAULT_REQUEST_TIMEOUT = 30.0
+
+
+class NotLeader(Exception):
+    """A write was refused locally: this operator does not hold the leader Lease (any more)."""
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409): read it again and decide again."""
+
+
+def _always() -> bool:
+    return True
 
 
 def load_api_client() -> k8s_client.ApiClient:
@@ -32,19 +46,31 @@ def load_api_client() -> k8s_client.ApiClient:
 
 @dataclass
 class Kube:
-    """Async facade over the dynamic client; every call runs in a thread."""
+    """Async facade over the dynamic client; every call runs in a thread and is bounded by
+    `timeout` seconds. Writes ask `may_write` first (the leader-election fence): an operator
+    that lost its Lease stops writing at once, even while its controllers wind down."""
 
     dynamic: DynamicClient
+    may_write: Callable[[], bool] = field(default=_always)
+    timeout: float = DEFAULT_REQUEST_TIMEOUT
 
     @classmethod
-    def connect(cls) -> Kube:
-        return cls(dynamic=DynamicClient(load_api_client()))
+    def connect(
+        cls, may_write: Callable[[], bool] = _always, timeout: float = DEFAULT_REQUEST_TIMEOUT
+    ) -> Kube:
+        return cls(dynamic=DynamicClient(load_api_client()), may_write=may_write, timeout=timeout)
 
     def _resource(self, api_version: str, kind: str) -> Any:
         return self.dynamic.resources.get(api_version=api_version, kind=kind)
 
+    def _check_writable(self, what: str) -> None:
+        if not self.may_write():
+            raise NotLeader(f"not the leader: {what} refused")
+
     async def apply(self, manifest: Manifest, field_manager: str = FIELD_MANAGER) -> Manifest:
         """Server-side apply with our field manager, taking ownership of conflicting fields."""
+
+        self._check_writable(f"apply {manifest.get('kind')}")
 
         def call() -> Manifest:
             resource = self._resource(manifest["apiVersion"], manifest["kind"])
@@ -54,6 +80,7 @@ class Kube:
                 namespace=manifest["metadata"].get("namespace"),
                 field_manager=field_manager,
                 force_conflicts=True,
+                _request_timeout=self.timeout,
             )
             applied: Manifest = result.to_dict()
             return applied
@@ -66,7 +93,9 @@ class Kube:
         def call() -> Manifest | None:
             try:
                 found: Manifest = (
-                    self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+                    self._resource(api_version, kind)
+                    .get(name=name, namespace=namespace, _request_timeout=self.timeout)
+                    .to_dict()
                 )
                 return found
             except NotFoundError:
@@ -79,7 +108,7 @@ class Kube:
     ) -> list[Manifest]:
         def call() -> list[Manifest]:
             result = self._resource(api_version, kind).get(
-                namespace=namespace, label_selector=label_selector
+                namespace=namespace, label_selector=label_selector, _request_timeout=self.timeout
             )
             items: list[Manifest] = result.to_dict().get("items", [])
             return items
@@ -87,9 +116,13 @@ class Kube:
         return await asyncio.to_thread(call)
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
+        self._check_writable(f"delete {kind}")
+
         def call() -> bool:
             try:
-                self._resource(api_version, kind).delete(name=name, namespace=namespace)
+                self._resource(api_version, kind).delete(
+                    name=name, namespace=namespace, _request_timeout=self.timeout
+                )
                 return True
             except NotFoundError:
                 return False
@@ -100,6 +133,7 @@ class Kube:
         self, api_version: str, kind: str, name: str, namespace: str, status: Manifest
     ) -> None:
         """Merge-patch the status subresource (conditions are replaced as a whole list)."""
+        self._check_writable(f"status of {kind}")
 
         def call() -> None:
             resource = self._resource(api_version, kind).subresources["status"]
@@ -109,6 +143,7 @@ class Kube:
                 namespace=namespace,
                 content_type="application/merge-patch+json",
                 field_manager=FIELD_MANAGER,
+                _request_timeout=self.timeout,
             )
 
         await asyncio.to_thread(call)
@@ -117,6 +152,7 @@ class Kube:
         self, api_version: str, kind: str, name: str, namespace: str, replicas: int
     ) -> None:
         """Write replicas through the scale subresource (the one writer while autoscaling)."""
+        self._check_writable(f"scale of {kind}")
 
         def call() -> None:
             resource = self._resource(api_version, kind).subresources["scale"]
@@ -126,6 +162,51 @@ class Kube:
                 namespace=namespace,
                 content_type="application/merge-patch+json",
                 field_manager=AUTOSCALER_FIELD_MANAGER,
+                _request_timeout=self.timeout,
+            )
+
+        await asyncio.to_thread(call)
+
+    async def create_or_replace(self, manifest: Manifest, resource_version: str) -> Manifest:
+        """Create (empty `resource_version`) or replace with optimistic concurrency; raises
+        Conflict when the object exists (create) or changed since it was read (replace).
+        Not fenced by `may_write`: leader election itself writes with it."""
+
+        def call() -> Manifest:
+            resource = self._resource(manifest["apiVersion"], manifest["kind"])
+            namespace = manifest["metadata"].get("namespace")
+            try:
+                if resource_version:
+                    body = {
+                        **manifest,
+                        "metadata": {**manifest["metadata"], "resourceVersion": resource_version},
+                    }
+                    result = resource.replace(
+                        body=body, namespace=namespace, _request_timeout=self.timeout
+                    )
+                else:
+                    result = resource.create(
+                        body=manifest, namespace=namespace, _request_timeout=self.timeout
+                    )
+            except ConflictError as error:
+                raise Conflict(api_error_message(error)) from None
+            written: Manifest = result.to_dict()
+            return written
+
+        return await asyncio.to_thread(call)
+
+    async def patch_labels(
+        self, api_version: str, kind: str, name: str, namespace: str, labels: dict[str, str | None]
+    ) -> None:
+        """Merge-patch metadata.labels (None removes a label). Not fenced by `may_write`."""
+
+        def call() -> None:
+            self._resource(api_version, kind).patch(
+                body={"metadata": {"labels": labels}},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+                _request_timeout=self.timeout,
             )
 
         await asyncio.to_thread(call)

@@ -8,7 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from modelflock.controller.readiness import Listener
 from modelflock.operator_config import ConfigError, OperatorConfig, load_operator_config
 
 
@@ -25,55 +24,54 @@ def _override(config: OperatorConfig, args: argparse.Namespace) -> OperatorConfi
     return config.model_copy(update=updates) if updates else config
 
 
+def watched_namespaces(
+    config: OperatorConfig, args: argparse.Namespace
+) -> tuple[bool, tuple[str, ...]] | str:
+    """(clusterwide, namespaces) from the command line, else the configuration; or an error.
+    --all-namespaces and --namespace override the configuration's watchNamespaces."""
+    if args.all_namespaces and args.namespace:
+        return "pass either --all-namespaces or --namespace, not both"
+    if args.all_namespaces:
+        return True, ()
+    if args.namespace:
+        return False, tuple(dict.fromkeys(args.namespace))
+    if config.watch_namespaces:
+        return False, tuple(config.watch_namespaces)
+    return "pass --all-namespaces or --namespace NS (or set watchNamespaces in the configuration)"
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = _override(load_operator_config(Path(args.config) if args.config else None), args)
     except ConfigError as error:
         print(f"modelflock operator: invalid configuration: {error}", file=sys.stderr)
         return 2
-    if not args.all_namespaces and not args.namespace:
-        print("modelflock operator: pass --all-namespaces or --namespace NS", file=sys.stderr)
+    scope = watched_namespaces(config, args)
+    if isinstance(scope, str):
+        print(f"modelflock operator: {scope}", file=sys.stderr)
         return 2
+    clusterwide, namespaces = scope
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    # kopf reports every handler run at INFO; our own logs say what matters.
-    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # kopf reports every handler run and each start and stop of a leadership term at INFO;
+    # our own logs say what matters (modelflock.operator, modelflock.leader).
+    logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # Imported here so `modelflock operator --help` and config errors stay fast.
-    import kopf
+    from modelflock.controller.runtime import RunOptions, run_operator
 
-    from modelflock.controller.context import new_context
-    from modelflock.controller.handlers import build_registry
-    from modelflock.controller.kube import Kube
-
-    webhook = None
-    if args.webhook_cert_dir:
-        cert_dir = Path(args.webhook_cert_dir)
-        webhook = kopf.WebhookServer(
-            addr=args.bind_address or config.bind_address,
-            port=args.webhook_port,
-            certfile=str(cert_dir / "tls.crt"),
-            pkeyfile=str(cert_dir / "tls.key"),
-        )
-    ctx = new_context(config, Kube.connect())
-    if webhook is not None:
-        ctx.readiness_listeners = (
-            Listener("webhook", args.bind_address or config.bind_address, args.webhook_port),
-        )
-    registry = build_registry(webhook, args.webhook_path)
-    liveness_host = args.bind_address or config.bind_address
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            clusterwide=args.all_namespaces,
-            namespaces=args.namespace or (),
-            standalone=True,
-            liveness_endpoint=f"http://{liveness_host}:{args.liveness_port}/healthz",
-            memo=kopf.Memo(ctx=ctx),
-        )
+    options = RunOptions(
+        config=config,
+        clusterwide=clusterwide,
+        namespaces=namespaces,
+        liveness_host=args.bind_address or config.bind_address,
+        liveness_port=args.liveness_port,
+        webhook_cert_dir=Path(args.webhook_cert_dir) if args.webhook_cert_dir else None,
+        webhook_port=args.webhook_port,
+        webhook_path=args.webhook_path,
     )
-    return 0
+    return asyncio.run(run_operator(options))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
     )
-    parser.add_argument("--liveness-port", type=int, default=8081, help="/healthz port (8081)")
+    parser.add_argument(
+        "--liveness-port", type=int, default=8081, help="/healthz port, every replica (8081)"
+    )
     parser.add_argument("--bind-address", help="listen address (default: from the configuration)")
     parser.add_argument("--metrics-port", type=int, help="override metricsPort")
     parser.add_argument("--flock-api-port", type=int, help="override flockApiPort")

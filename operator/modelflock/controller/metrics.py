@@ -77,6 +77,16 @@ class OperatorMetrics:
             ["namespace", "knowledgebase"],
             registry=registry,
         )
+        self.leader = Gauge(
+            "modelflock_leader",
+            "1 while this replica holds the leader Lease and runs the controllers, else 0.",
+            registry=registry,
+        )
+        self.leader_terms = Counter(
+            "modelflock_leader_terms",
+            "Times this replica became the leader.",
+            registry=registry,
+        )
 
     def forget_expert(self, namespace: str, expert: str) -> None:
         """Drop the series of a deleted expert so dashboards don't show ghosts."""

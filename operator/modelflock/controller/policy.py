@@ -153,7 +153,7 @@ async def reconcile_policy(
         policy = RoutingPolicy.model_validate(object_document(body))
     except ValidationError as error:
         ctx.metrics.reconciles.labels(KIND, "invalid").inc()
-        kopf.warn(body, reason="InvalidSpec", message=str(error)[:1024])
+        ctx.event(body, type="Warning", reason="InvalidSpec", message=str(error))
         return
     namespace, name = key
     token = await ensure_token(ctx, policy)
@@ -239,7 +239,7 @@ async def reconcile_policy(
         classifier_problems=problems,
     )
     status = _with_evaluation(ctx, key, policy, previous, status, body)
-    _post_events(body, previous, status)
+    _post_events(ctx, body, previous, status)
     if status.to_api() != previous.to_api():
         await ctx.kube.patch_status(API_VERSION, KIND, name, namespace, status.to_api())
     ctx.metrics.reconciles.labels(KIND, "ok").inc()
@@ -261,7 +261,7 @@ def _with_evaluation(
         policy.spec, state.totals, state.day, state.spent, state.dropped, state.last_report
     )
     for result in recommendation_changes(previous.evaluation, evaluation):
-        kopf.event(
+        ctx.event(
             body,
             type="Normal",
             reason=f"Recommend{result.recommendation}",
@@ -270,13 +270,15 @@ def _with_evaluation(
     return status.model_copy(update={"evaluation": evaluation})
 
 
-def _post_events(body: kopf.Body, before: RoutingPolicyStatus, after: RoutingPolicyStatus) -> None:
+def _post_events(
+    ctx: OperatorContext, body: kopf.Body, before: RoutingPolicyStatus, after: RoutingPolicyStatus
+) -> None:
     old = {c.type: (c.status, c.reason) for c in before.conditions}
     for condition in after.conditions:
         if old.get(condition.type) != (condition.status, condition.reason):
-            kopf.event(
+            ctx.event(
                 body,
                 type="Normal" if condition.status == "True" else "Warning",
                 reason=condition.reason,
-                message=f"{condition.type}={condition.status}: {condition.message}"[:1024],
+                message=f"{condition.type}={condition.status}: {condition.message}",
             )
