@@ -128,7 +128,10 @@ def outage_rows(
                 "apiVersion": "modelflock.io/v1alpha1",
                 "kind": "RoutingPolicy",
                 "metadata": {"name": "portfolio"},
-                "spec": {"experts": ["steady", "scaled"]},
+                "spec": {
+                    "experts": ["steady", "scaled"],
+                    "routes": [{"name": "chat", "expert": "steady"}],
+                },
             },
         )
         for name in ("steady", "scaled"):

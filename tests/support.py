@@ -375,3 +375,34 @@ def election_config(**leader: float) -> dict[str, Any]:
             "retryPeriodSeconds": leader.get("retry", 0.5),
         }
     }
+
+
+@contextlib.contextmanager
+def without_session_operator(
+    cluster: LocalCluster, operator: OperatorProcess, *namespaces: str
+) -> Iterator[None]:
+    """Fresh namespaces for tests that run operators of their own: the session operator is
+    stopped meanwhile (it would serve the same objects), and started again *before* the
+    namespaces are deleted, so it removes the finalizers of what is left in them."""
+    operator.stop()
+    created: list[str] = []
+    try:
+        for name in namespaces:
+            cluster.kubectl("create", "namespace", name)
+            created.append(name)
+        yield
+    finally:
+        operator.start()
+        for name in created:
+            delete_namespace(cluster, name)
+
+
+def delete_namespace(cluster: LocalCluster, name: str, timeout: float = 180.0) -> None:
+    """Delete a namespace and wait until it is gone (pods, finalizers and all)."""
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    wait_for(
+        lambda: get_json(cluster, "namespace", name) is None,
+        f"namespace {name} deleted",
+        timeout,
+        interval=1.0,
+    )

@@ -18,7 +18,7 @@ import pytest
 from localcluster import LocalCluster
 
 from operator_chaos import Outage, autoscaled, expert, measure_outage
-from support import OperatorProcess, apply, condition, fresh_namespace, get_json, wait_for
+from support import OperatorProcess, apply, condition, delete_namespace, get_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -52,7 +52,11 @@ PORTFOLIO: list[dict[str, Any]] = [
         "apiVersion": "modelflock.io/v1alpha1",
         "kind": "RoutingPolicy",
         "metadata": {"name": "outage"},
-        "spec": {"experts": ["steady", "scaled", "frontier"], "baseline": "frontier"},
+        "spec": {
+            "experts": ["steady", "scaled", "frontier"],
+            "baseline": "frontier",
+            "routes": [{"name": "chat", "expert": "steady", "fallbacks": ["frontier"]}],
+        },
     },
 ]
 
@@ -60,17 +64,20 @@ PORTFOLIO: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def running(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[OperatorProcess]:
     """The portfolio, served by the session operator with the chart's election timings."""
-    with fresh_namespace(cluster, NS):
+    cluster.kubectl("create", "namespace", NS)
+    try:
         for doc in PORTFOLIO:
             apply(cluster, NS, doc)
         for name in ("steady", "scaled", "frontier"):
             wait_for(lambda name=name: ready(cluster, "modelexpert", name), f"{name} Ready", 60)
         wait_for(lambda: ready(cluster, "routingpolicy", "outage"), "policy Ready", 60)
         yield operator
+    finally:
         # Whatever happened, leave a leading operator behind for the next module.
         if not operator.running:
             operator.start()
         wait_for(operator.is_leader, "session operator leading", 60)
+        delete_namespace(cluster, NS)
 
 
 def ready(cluster: LocalCluster, kind: str, name: str) -> Any:
@@ -83,6 +90,7 @@ def ready(cluster: LocalCluster, kind: str, name: str) -> Any:
 
 
 def summary(result: Outage) -> str:
+    """The figures and the log lines (printed too: `pytest -s` shows them)."""
     return (
         f"down {result.down:.1f}s, API ready {result.back:.1f}s after start, resumed "
         f"{result.resumed:.1f}s later, {len(result.lines)} log lines:\n" + "\n".join(result.lines)
@@ -90,14 +98,16 @@ def summary(result: Outage) -> str:
 
 
 def test_short_apiserver_outage(cluster: LocalCluster, running: OperatorProcess) -> None:
-    """5 s down, inside the renew deadline: the leader keeps leading; watches reconnect."""
-    result = measure_outage(cluster, running, NS, "kube-apiserver", 5)
+    """3 s down (plus the API server's own start, seconds on a loaded machine): watches
+    reconnect, or, past the renew deadline, the leader steps down and leads again."""
+    result = measure_outage(cluster, running, NS, "kube-apiserver", 3)
     text = "\n".join(result.lines)
+    print(summary(result))
     assert result.resumed < 3.0, summary(result)
-    assert len(result.lines) <= 6, summary(result)
+    assert len(result.lines) <= 8, summary(result)
     assert text.count("Kubernetes API unreachable") == 1, summary(result)
     assert text.count("Kubernetes API reachable again") == 1, summary(result)
-    assert "Traceback" not in text and "lost the leader Lease" not in text, summary(result)
+    assert "Traceback" not in text, summary(result)
 
 
 def test_long_apiserver_outage(cluster: LocalCluster, running: OperatorProcess) -> None:
@@ -105,8 +115,9 @@ def test_long_apiserver_outage(cluster: LocalCluster, running: OperatorProcess) 
     only candidate) as soon as the API answers."""
     result = measure_outage(cluster, running, NS, "kube-apiserver", 25)
     text = "\n".join(result.lines)
+    print(summary(result))
     assert result.resumed < 6.0, summary(result)
-    assert len(result.lines) <= 20, summary(result)
+    assert len(result.lines) <= 10, summary(result)
     assert "lost the leader Lease" in text, summary(result)
     assert text.count("Kubernetes API unreachable") == 1, summary(result)
     assert text.count("Kubernetes API reachable again") == 1, summary(result)
@@ -117,8 +128,9 @@ def test_long_apiserver_outage(cluster: LocalCluster, running: OperatorProcess) 
 def test_etcd_restart(cluster: LocalCluster, running: OperatorProcess) -> None:
     result = measure_outage(cluster, running, NS, "etcd", 8)
     text = "\n".join(result.lines)
+    print(summary(result))
     assert result.resumed < 6.0, summary(result)
-    assert len(result.lines) <= 20, summary(result)
+    assert len(result.lines) <= 10, summary(result)
     assert "Traceback" not in text, summary(result)
     assert running.is_leader()
     for name in ("steady", "scaled", "frontier"):

@@ -24,26 +24,22 @@ from support import (
     apply,
     condition,
     election_config,
-    fresh_namespace,
     get_json,
     wait_for,
+    without_session_operator,
 )
 
 pytestmark = pytest.mark.cluster
 
 NS = "leader"
-LEASE = 4  # seconds (election_config): a standby waits this long on a silent leader
+LEASE = 6  # seconds (election_config): a standby waits this long on a silent leader
 
 
 @pytest.fixture(scope="module", autouse=True)
 def namespace(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
     """These tests run their own operators on the session operator's Lease: stop it meanwhile."""
-    operator.stop()
-    try:
-        with fresh_namespace(cluster, NS) as name:
-            yield name
-    finally:
-        operator.start()
+    with without_session_operator(cluster, operator, NS):
+        yield NS
 
 
 def replica(cluster: LocalCluster, workdir: Path, name: str, leader: bool) -> OperatorProcess:
@@ -52,7 +48,7 @@ def replica(cluster: LocalCluster, workdir: Path, name: str, leader: bool) -> Op
     process = OperatorProcess(
         cluster=cluster,
         workdir=directory,
-        config_overrides=election_config(lease=LEASE),
+        config_overrides=election_config(lease=LEASE, renew=4),
         wait_leader=leader,
     )
     process.start()
@@ -130,7 +126,8 @@ def test_standby_takes_over_when_the_leader_dies_or_stops(
         killed = time.monotonic()
         wait_for(second.is_leader, "standby leading", timeout=LEASE + 10)
         took = time.monotonic() - killed
-        assert took <= LEASE + 3, f"takeover took {took:.1f}s with a {LEASE}s lease"
+        # Bounded by the lease duration (plus a retry period and a loaded CI machine).
+        assert took <= LEASE + 5, f"takeover took {took:.1f}s with a {LEASE}s lease"
         assert lease(cluster)["spec"]["holderIdentity"] == second.health()["identity"]
         assert lease(cluster)["spec"]["leaseTransitions"] == transitions + 1
         # The new leader reconciles: a spec change reaches the Deployment.
@@ -146,7 +143,8 @@ def test_standby_takes_over_when_the_leader_dies_or_stops(
             stopped = time.monotonic()
             wait_for(third.is_leader, "third leading", timeout=LEASE + 10)
             took = time.monotonic() - stopped
-            assert took < 2.5, f"handover after a graceful stop took {took:.1f}s"
+            # Well below LEASE: the Lease was released, not left to expire.
+            assert took < 4.0, f"handover after a graceful stop took {took:.1f}s"
             assert "released Lease default/modelflock-operator" in second.log_path.read_text()
             apply(cluster, NS, expert("handover", replicas=1))
             wait_for(lambda: deployment_replicas(cluster, "handover") == 1, "1 replica", 20)
@@ -165,13 +163,13 @@ def test_two_operators_started_together_do_not_fight(cluster: LocalCluster, tmp_
     a = OperatorProcess(
         cluster=cluster,
         workdir=tmp_path / "a",
-        config_overrides=election_config(lease=LEASE),
+        config_overrides=election_config(lease=LEASE, renew=4),
         wait_leader=False,
     )
     b = OperatorProcess(
         cluster=cluster,
         workdir=tmp_path / "b",
-        config_overrides=election_config(lease=LEASE),
+        config_overrides=election_config(lease=LEASE, renew=4),
         wait_leader=False,
     )
     for process in (a, b):
@@ -198,7 +196,10 @@ def test_two_operators_started_together_do_not_fight(cluster: LocalCluster, tmp_
                 "apiVersion": "modelflock.io/v1alpha1",
                 "kind": "RoutingPolicy",
                 "metadata": {"name": "pair"},
-                "spec": {"experts": ["sleepy", "steady"]},
+                "spec": {
+                    "experts": ["sleepy", "steady"],
+                    "routes": [{"name": "chat", "expert": "steady"}],
+                },
             },
         )
         wait_for(lambda: observed(cluster, "steady"), "steady Ready", 60)
@@ -237,7 +238,7 @@ def test_two_operators_started_together_do_not_fight(cluster: LocalCluster, tmp_
         posted = Counter(
             (e["involvedObject"]["name"], e["reason"], e["message"])
             for e in events
-            if e["involvedObject"]["kind"] in ("ModelExpert", "RoutingPolicy")
+            if e["involvedObject"]["name"] in ("sleepy", "steady", "pair")
         )
         doubled = {key: count for key, count in posted.items() if count > 1}
         assert posted and not doubled, f"events posted more than once: {doubled}"

@@ -14,7 +14,7 @@ import pytest
 from localcluster import LocalCluster
 
 from operator_chaos import Chaos
-from support import OperatorProcess, fresh_namespace
+from support import OperatorProcess, without_session_operator
 
 pytestmark = pytest.mark.cluster
 
@@ -25,12 +25,8 @@ LEASE = 4
 
 @pytest.fixture(scope="module", autouse=True)
 def namespace(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
-    operator.stop()
-    try:
-        with fresh_namespace(cluster, NS) as name:
-            yield name
-    finally:
-        operator.start()
+    with without_session_operator(cluster, operator, NS):
+        yield NS
 
 
 def test_leader_killed_twenty_times_mid_reconcile(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -42,6 +42,75 @@ def crd_schema(plural: str) -> dict[str, Any]:
 SMALL = st.integers(min_value=0, max_value=2)
 
 
+def repair_expert(spec: dict[str, Any]) -> dict[str, Any]:
+    """Makes a generated spec satisfy the CRD's CEL rules (which the schema strategy does not
+    model), so that most of them are accepted; the API server still has the last word."""
+    spec = dict(spec)
+    engine = spec.get("engine", "vllm")
+    if engine == "external":
+        spec.setdefault("external", {"baseURL": "https://api.example.com/v1", "model": "m"})
+    else:
+        spec.pop("external", None)
+        spec["model"] = {"name": "org/model", **(spec.get("model") or {})}
+        spec.setdefault("nodePool", "l4")
+    if engine != "vllm" and "model" in spec:
+        spec["model"] = {k: v for k, v in spec["model"].items() if k != "adapters"}
+    scaling = spec.get("autoscaling")
+    if scaling and scaling.get("minReplicas", 1) > scaling.get("maxReplicas", 4):
+        spec["autoscaling"] = {**scaling, "minReplicas": scaling.get("maxReplicas", 4)}
+    return spec
+
+
+def repair_policy(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same for a RoutingPolicy: references stay inside spec.experts, a route has exactly
+    one of expert and cascade, match intents exist, rule stages name no expert."""
+    spec = dict(spec)
+    experts = list(spec["experts"])
+    known = set(experts)
+    classifier = dict(spec.get("classifier") or {})
+    stages = []
+    for stage in classifier.get("stages") or []:
+        stage = dict(stage)
+        if stage.get("type") == "rules":
+            stage.pop("expert", None)
+        elif stage.get("expert") not in known:
+            stage["expert"] = experts[0]
+        stages.append(stage)
+    if "stages" in classifier:
+        classifier["stages"] = stages
+    intents = {i["name"] for i in classifier.get("intents") or []}
+    if "defaultIntent" in classifier:
+        intents.add(classifier["defaultIntent"])
+    routes = []
+    for route in spec.get("routes") or []:
+        route = dict(route)
+        if "cascade" in route and "expert" not in route and len(experts) >= 2:
+            cascade = dict(route["cascade"])
+            chain = [e for e in cascade["experts"] if e in known]
+            cascade["experts"] = chain if len(chain) >= 2 else experts[:2]
+            route["cascade"] = cascade
+        else:
+            route.pop("cascade", None)
+            if route.get("expert") not in known:
+                route["expert"] = experts[0]
+        if "fallbacks" in route:
+            route["fallbacks"] = [e for e in route["fallbacks"] if e in known]
+        match = dict(route.get("match") or {})
+        if "intents" in match and "intents" in classifier:
+            match["intents"] = [i for i in match["intents"] if i in intents]
+            if not match["intents"]:
+                del match["intents"]
+        if "match" in route:
+            route["match"] = match
+        routes.append(route)
+    spec["routes"] = routes or [{"name": "all", "expert": experts[0]}]
+    if classifier or "classifier" in spec:
+        spec["classifier"] = classifier
+    if "baseline" in spec and spec["baseline"] not in known:
+        spec["baseline"] = experts[-1]
+    return spec
+
+
 def expert_specs() -> st.SearchStrategy[dict[str, Any]]:
     return from_schema(  # type: ignore[no-any-return]
         crd_schema("modelexperts"),
@@ -54,7 +123,7 @@ def expert_specs() -> st.SearchStrategy[dict[str, Any]]:
             "autoscaling.maxReplicas": st.integers(min_value=1, max_value=2),
             "resources.gpus": st.integers(min_value=0, max_value=2),
         },
-    )
+    ).map(repair_expert)
 
 
 def policy_specs(names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
@@ -69,7 +138,7 @@ def policy_specs(names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
             "baseline": named,
             "gateway.replicas": st.integers(min_value=0, max_value=1),
         },
-    )
+    ).map(repair_policy)
 
 
 @st.composite
@@ -173,18 +242,31 @@ def truth_problems(cluster: LocalCluster, namespace: str, kind: str, name: str) 
     return problems
 
 
-def failed_reconciles(process: OperatorProcess) -> float:
-    total = 0.0
-    for line in process.metrics().splitlines():
-        if line.startswith("modelflock_reconciles_total{") and 'result="error"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def failures_since(process: OperatorProcess, offset: int) -> list[str]:
+    """Failed reconciles and tracebacks logged since `offset`, except refusals to write into
+    a namespace being deleted (the previous batch's, while its objects wind down)."""
+    with process.log_path.open("rb") as log:
+        log.seek(offset)
+        lines = log.read().decode(errors="replace").splitlines()
+    return [
+        line
+        for line in lines
+        if (
+            "reconcile failed" in line
+            or "Traceback" in line
+            or line.split(" ", 3)[2:3] == ["ERROR"]
+        )
+        and "because it is being terminated" not in line
+    ]
 
 
 class Tally:
+    """Counts across the examples (printed, and checked by the last test)."""
+
     batch = 0
     accepted = 0
     refused = 0
+    reasons: dict[str, int] = {}
 
 
 @settings(
@@ -206,6 +288,8 @@ def test_generated_specs_get_truthful_status(
     namespace = f"fuzz-{Tally.batch}"
     cluster.kubectl("create", "namespace", namespace)
     accepted: list[tuple[str, str]] = []
+    refusals: list[str] = []
+    offset = fuzz_operator.log_path.stat().st_size
     try:
         for index, spec in enumerate(experts):
             doc = {
@@ -214,8 +298,10 @@ def test_generated_specs_get_truthful_status(
                 "metadata": {"name": f"fz-{index}"},
                 "spec": spec,
             }
-            if create(cluster, namespace, doc) is None:
+            if (refused := create(cluster, namespace, doc)) is None:
                 accepted.append(("modelexpert", f"fz-{index}"))
+            else:
+                refusals.append(refused.splitlines()[-1][:120])
         for index, spec in enumerate(policies):
             doc = {
                 "apiVersion": "modelflock.io/v1alpha1",
@@ -223,10 +309,14 @@ def test_generated_specs_get_truthful_status(
                 "metadata": {"name": f"rp-{index}"},
                 "spec": spec,
             }
-            if create(cluster, namespace, doc) is None:
+            if (refused := create(cluster, namespace, doc)) is None:
                 accepted.append(("routingpolicy", f"rp-{index}"))
+            else:
+                refusals.append(refused.splitlines()[-1][:120])
         Tally.accepted += len(accepted)
         Tally.refused += EXPERTS + POLICIES - len(accepted)
+        for reason in refusals:
+            Tally.reasons[reason] = Tally.reasons.get(reason, 0) + 1
 
         def untruthful() -> dict[str, list[str]]:
             found = {
@@ -241,11 +331,7 @@ def test_generated_specs_get_truthful_status(
         while remaining and time.monotonic() < deadline:
             time.sleep(1)
             remaining = untruthful()
-        log = fuzz_operator.log_path.read_text(errors="replace")
-        assert "Traceback" not in log
-        assert failed_reconciles(fuzz_operator) == 0, [
-            line for line in log.splitlines() if "reconcile failed" in line
-        ][:10]
+        assert failures_since(fuzz_operator, offset) == []
         details = {
             key: (
                 problems,
@@ -256,7 +342,10 @@ def test_generated_specs_get_truthful_status(
         assert not remaining, json.dumps(details, indent=1, default=str)[:6000]
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
-    print(f"fuzz batch {Tally.batch}: {len(accepted)} accepted, totals {vars(Tally)}")
+    print(
+        f"fuzz batch {Tally.batch}: {len(accepted)} of {EXPERTS + POLICIES} accepted; totals: "
+        f"{Tally.accepted} accepted, {Tally.refused} refused {Tally.reasons}"
+    )
 
 
 def test_fuzz_namespaces_are_cleaned_up(
@@ -264,7 +353,8 @@ def test_fuzz_namespaces_are_cleaned_up(
 ) -> None:
     """Runs after the fuzz batches: the operator releases every object (finalizers removed),
     so the namespaces go away, and some objects were accepted at all."""
-    assert Tally.accepted > 0, "the API server refused every generated object"
+    # Most generated objects must get through, or the fuzzing tests little.
+    assert Tally.accepted >= (Tally.accepted + Tally.refused) / 2, Tally.reasons
     for index in range(1, Tally.batch + 1):
         wait_for(
             lambda index=index: get_json(cluster, "namespace", f"fuzz-{index}") is None,

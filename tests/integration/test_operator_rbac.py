@@ -28,12 +28,12 @@ from support import (
     OperatorProcess,
     apply,
     condition,
-    fresh_namespace,
     get_json,
     helm_template,
     make_webhook_certs,
     service_account_kubeconfig,
     wait_for,
+    without_session_operator,
 )
 
 pytestmark = pytest.mark.cluster
@@ -49,17 +49,8 @@ SECRET_VALUE = "sk-rbac-test-0001"
 @pytest.fixture(scope="module")
 def namespaces(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[None]:
     """The session's admin operator would serve these namespaces too: stop it meanwhile."""
-    operator.stop()
-    try:
-        with (
-            fresh_namespace(cluster, RELEASE_NS),
-            fresh_namespace(cluster, TEAM),
-            fresh_namespace(cluster, INSIDE),
-            fresh_namespace(cluster, OTHER),
-        ):
-            yield
-    finally:
-        operator.start()
+    with without_session_operator(cluster, operator, RELEASE_NS, TEAM, INSIDE, OTHER):
+        yield
 
 
 def install_rbac(cluster: LocalCluster, release: str, *values: str) -> str:
@@ -147,6 +138,7 @@ def policy(gateway_replicas: int) -> dict[str, Any]:
         "spec": {
             "experts": ["small", "frontier"],
             "baseline": "frontier",
+            "routes": [{"name": "chat", "expert": "small", "fallbacks": ["frontier"]}],
             "gateway": {"replicas": gateway_replicas},
         },
     }

@@ -114,14 +114,34 @@ def test_an_outage_logs_its_first_error_and_one_recovery_line(
     assert woken == ["resume"]
 
 
-def test_kopf_thread_warning_is_dropped() -> None:
-    record = logging.LogRecord(
-        "kopf._core.reactor.running",
-        logging.WARNING,
-        "",
-        0,
-        "OS signals are ignored: running not in the main thread.",
-        (),
-        None,
-    )
+@pytest.mark.parametrize(
+    ("logger", "message"),
+    [
+        ("kopf._core.reactor.running", "OS signals are ignored: running not in the main thread."),
+        (
+            "kopf.objects",
+            "Daemon 'build_registry.<locals>.expert_worker' is cancelled. Will escalate.",
+        ),
+    ],
+)
+def test_what_kopf_says_at_each_term_is_dropped(logger: str, message: str) -> None:
+    record = logging.LogRecord(logger, logging.WARNING, "", 0, message, (), None)
     assert OutageFilter(ApiOutage()).filter(record) is False
+
+
+def test_refusals_while_the_api_server_settles_belong_to_the_outage_just_reported() -> None:
+    now = [0.0]
+    outage = ApiOutage(clock=lambda: now[0], settle_seconds=10)
+    assert outage.failed() is True  # the outage starts: log it
+    now[0] = 30.0
+    outage.recovered()
+    now[0] = 31.0
+    # 429 "storage is (re)initializing" right after: the tail of that outage, not a new one.
+    assert outage.failed("APITooManyRequestsError('storage is (re)initializing')") is False
+    assert not outage.ongoing
+    # A refused connection is a new outage, however soon.
+    assert outage.failed("Connection refused") is True
+    now[0] = 50.0
+    outage.recovered()
+    now[0] = 65.0
+    assert outage.failed("APITooManyRequestsError('storage is (re)initializing')") is True

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from modelflock.api.knowledgebase import KnowledgeBaseStatus
 from modelflock.api.modelexpert import ModelExpertStatus
+from modelflock.api.routingpolicy import RoutingPolicyStatus
 from modelflock.autoscale.algorithm import PodLoad, ScalerMemory
 from modelflock.autoscale.sources import DemandStore, MetricSource, PodTarget, SourceMetrics
 from modelflock.controller.evaluation import EvaluationStore
@@ -107,6 +108,9 @@ class OperatorContext:
     )
     # Filled by the RoutingPolicy workers, read by the sidecar injection webhook.
     sidecar_plans: dict[ObjectKey, SidecarPlan] = field(default_factory=dict)
+    # The status each RoutingPolicy worker last wrote: the watched body may lag behind it, and
+    # a transition computed against a stale status would be posted as an event twice.
+    policy_status: dict[ObjectKey, RoutingPolicyStatus] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     # KnowledgeBase workers: their triggers and the status each last wrote.
     kb_triggers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)

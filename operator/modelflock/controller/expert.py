@@ -26,8 +26,8 @@ from modelflock.autoscale.loop import ExpertPods, evaluate
 from modelflock.autoscale.metrics_parse import Engine
 from modelflock.autoscale.sources import MetricSource, PodTarget, PrometheusSource, ScrapeSource
 from modelflock.controller.context import ExpertState, ObjectKey, OperatorContext, child_marker
-from modelflock.controller.kube import api_error_message
-from modelflock.render.checks import check_expert
+from modelflock.controller.kube import api_error_message, refusal_message
+from modelflock.render.checks import Problem, check_expert
 from modelflock.render.expert import (
     ExpertRef,
     engine_port,
@@ -214,12 +214,29 @@ async def reconcile_expert(
             if digest != state.applied_digest or not fresh:
                 # Both at once; the apply's response is the Deployment as stored (status
                 # included), so it needs no extra GET.
-                service, deployment = await asyncio.gather(*(ctx.apply(c) for c in children))
-                state.applied_digest, state.applied_at = digest, time.monotonic()
-                state.applied_markers = {
-                    "Service": child_marker("Service", service),
-                    "Deployment": child_marker("Deployment", deployment),
-                }
+                try:
+                    service, deployment = await asyncio.gather(*(ctx.apply(c) for c in children))
+                except Exception as error:
+                    refusal = refusal_message(error)
+                    if refusal is None:
+                        raise
+                    # The schema let the spec through but the engine Deployment it renders is
+                    # invalid (e.g. a malformed placement.affinity): say so in the status.
+                    ctx.metrics.errors.labels(KIND, "apply").inc()
+                    problems = [
+                        *problems,
+                        Problem(
+                            "RejectedByAPIServer",
+                            f"the API server refused the engine Deployment or Service: {refusal}",
+                            blocking=True,
+                        ),
+                    ]
+                else:
+                    state.applied_digest, state.applied_at = digest, time.monotonic()
+                    state.applied_markers = {
+                        "Service": child_marker("Service", service),
+                        "Deployment": child_marker("Deployment", deployment),
+                    }
         if deployment is None:
             deployment = await ctx.kube.get("apps/v1", "Deployment", name, namespace)
         pods = await ctx.kube.list("v1", "Pod", namespace, selector_string(ref))

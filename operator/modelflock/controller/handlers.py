@@ -77,7 +77,7 @@ async def _work(
             ctx.metrics.errors.labels(kind, "reconcile").inc()
             message = api_error_message(error)
             # During an API outage every worker fails at once: log the outage once, not each.
-            if not is_unreachable_error(message) or ctx.outage.failed():
+            if not is_unreachable_error(message) or ctx.outage.failed(message):
                 logger.warning("reconcile failed, retrying: %s", message)
             wait = min(period(), ERROR_BACKOFF_SECONDS)
         await _wait_for_trigger(trigger, stopped, wait)
@@ -99,6 +99,9 @@ def build_registry(
             prefix="modelflock.io", key="last-handled-configuration"
         )
         settings.posting.level = logging.WARNING
+        # Events are auxiliary (the status says it all): a refused post (e.g. in a namespace
+        # being deleted) is retried twice, not eight times with a log line each.
+        settings.posting.default_backoffs = (1.0, 3.0)
         settings.watching.server_timeout = 300
         ctx = _context(memo)
         settings.networking.request_timeout = ctx.config.request_timeout_seconds
@@ -189,6 +192,7 @@ def build_registry(
             ctx.policy_triggers.pop(key, None)
             ctx.policy_access.pop(key, None)
             ctx.sidecar_plans.pop(key, None)
+            ctx.policy_status.pop(key, None)
             ctx.evaluations.forget(key)
 
     @kopf.daemon(GROUP, VERSION, "knowledgebases", registry=registry, cancellation_timeout=10.0)

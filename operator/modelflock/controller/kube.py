@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,26 @@ class Conflict(Exception):
 
 def _always() -> bool:
     return True
+
+
+# A UTF-16 surrogate pair as json.dumps escapes a character beyond the BMP, preceded by an even
+# number of backslashes (an odd number would make the first backslash a literal one).
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def apply_body(manifest: Manifest) -> bytes:
+    """A manifest as the body of a server-side apply, which the API server parses as YAML.
+
+    JSON is YAML, except that YAML cannot read the surrogate-pair escapes JSON uses for
+    characters beyond the BMP (an emoji in an intent's keywords made the apply fail with
+    "found invalid Unicode character escape code"): they become YAML's \\U escapes."""
+
+    def join(match: re.Match[str]) -> str:
+        high, low = int(match.group(2), 16), int(match.group(3), 16)
+        code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+        return f"{match.group(1)}\\U{code:08X}"
+
+    return _SURROGATE_PAIR.sub(join, json.dumps(manifest)).encode()
 
 
 def load_api_client() -> k8s_client.ApiClient:
@@ -74,10 +95,14 @@ class Kube:
 
         def call() -> Manifest:
             resource = self._resource(manifest["apiVersion"], manifest["kind"])
-            result = self.dynamic.server_side_apply(
-                resource,
-                body=manifest,
-                namespace=manifest["metadata"].get("namespace"),
+            metadata = manifest["metadata"]
+            path = resource.path(name=metadata["name"], namespace=metadata.get("namespace"))
+            # The dynamic client's server_side_apply would json.dumps the body itself.
+            result = self.dynamic.request(
+                "patch",
+                path,
+                body=apply_body(manifest),
+                content_type="application/apply-patch+yaml",
                 field_manager=field_manager,
                 force_conflicts=True,
                 _request_timeout=self.timeout,
@@ -222,3 +247,12 @@ def api_error_message(error: Exception) -> str:
         except ValueError:
             return str(body)
     return str(error)
+
+
+def refusal_message(error: Exception) -> str | None:
+    """The API server's message when it refused a request as invalid (HTTP 400 or 422): the
+    object we sent is wrong, so retrying the same request cannot help. None otherwise."""
+    status = getattr(error, "status", None)
+    if status in (400, 422):
+        return api_error_message(error)
+    return None

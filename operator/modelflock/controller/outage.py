@@ -35,6 +35,9 @@ _UNREACHABLE = re.compile(
     r"|storage is \(re\)initializing|TooManyRequests)",
     re.IGNORECASE,
 )
+# What an API server says for a few seconds after it started: a tail of the outage just
+# reported rather than a new one.
+_SETTLING = re.compile(r"storage is \(re\)initializing|TooManyRequests", re.IGNORECASE)
 
 
 def is_api_unreachable_record(logger_name: str, message: str) -> bool:
@@ -55,12 +58,18 @@ def is_unreachable_error(message: str) -> bool:
 class ApiOutage:
     """Thread-safe outage bookkeeping shared by the elector, the controllers and the logs."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, settle_seconds: float = 10.0
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
         self._suppressed = 0
         self._listeners: list[Callable[[], None]] = []
+        # Right after an outage the API server still refuses some requests while its storage
+        # initialises (429): counted with the outage just reported, not as a new one.
+        self._settle = settle_seconds
+        self._recovered_at: float | None = None
 
     @property
     def ongoing(self) -> bool:
@@ -78,11 +87,19 @@ class ApiOutage:
 
         return remove
 
-    def failed(self) -> bool:
-        """Record one failure; True for the first of an outage (the one worth logging)."""
+    def failed(self, message: str = "") -> bool:
+        """Record one failure; True for the first of an outage (the one worth logging). An
+        API server that is still settling (`message` says so) shortly after an outage ended
+        does not start a new one."""
         with self._lock:
-            if self._since is None:
-                self._since = self._clock()
+            now = self._clock()
+            settling = (
+                self._recovered_at is not None
+                and now - self._recovered_at < self._settle
+                and bool(_SETTLING.search(message))
+            )
+            if self._since is None and not settling:
+                self._since, self._suppressed = now, 0
                 return True
             self._suppressed += 1
             return False
@@ -92,9 +109,10 @@ class ApiOutage:
         with self._lock:
             if self._since is None:
                 return
-            gone = self._clock() - self._since
+            now = self._clock()
+            gone = now - self._since
             suppressed = self._suppressed
-            self._since, self._suppressed = None, 0
+            self._since, self._suppressed, self._recovered_at = None, 0, now
             listeners = list(self._listeners)
         log.warning(
             "Kubernetes API reachable again after %.1fs (%d further connection errors were not logged)",
@@ -107,7 +125,8 @@ class ApiOutage:
 
 class OutageFilter(logging.Filter):
     """Lets the first connection error of an outage through (saying the rest are counted) and
-    drops the others; also drops kopf's expected warning about running outside the main thread."""
+    drops the others; also drops what kopf says every time a leadership term ends or starts in
+    its own thread (signals ignored outside the main thread, each daemon "cancelled")."""
 
     def __init__(self, outage: ApiOutage) -> None:
         super().__init__()
@@ -115,11 +134,14 @@ class OutageFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.name.startswith("kopf") and message.startswith("OS signals are ignored"):
-            return False  # the controllers run in their own thread; signals are ours
+        if record.name.startswith("kopf") and (
+            message.startswith("OS signals are ignored")
+            or message.endswith("is cancelled. Will escalate.")
+        ):
+            return False  # the runtime logs "controllers stopped" once instead
         if not is_api_unreachable_record(record.name, message):
             return True
-        if not self.outage.failed():
+        if not self.outage.failed(message):
             return False
         record.msg = "Kubernetes API unreachable (%s); further connection errors are counted until it answers"
         record.args = (message[:300],)

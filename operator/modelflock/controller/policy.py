@@ -218,7 +218,8 @@ async def reconcile_policy(
         if existing and any(o.get("uid") == str(policy.metadata.uid) for o in owners):
             await ctx.kube.delete(api_version, kind, gateway_name(name), namespace)
 
-    previous = policy.status or RoutingPolicyStatus()
+    # Our own last write wins over the watched body, which may not have caught up with it.
+    previous = ctx.policy_status.get(key) or policy.status or RoutingPolicyStatus()
     now = time.monotonic()
     reports = keep_recent(ctx.classifier_reports.get(key, {}), now)
     ctx.classifier_reports[key] = reports
@@ -242,6 +243,7 @@ async def reconcile_policy(
     _post_events(ctx, body, previous, status)
     if status.to_api() != previous.to_api():
         await ctx.kube.patch_status(API_VERSION, KIND, name, namespace, status.to_api())
+        ctx.policy_status[key] = status
     ctx.metrics.reconciles.labels(KIND, "ok").inc()
     ctx.metrics.reconcile_seconds.labels(KIND).observe(time.monotonic() - started)
 

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,32 +77,46 @@ def own_identity() -> str:
 
 class LeaderLabel:
     """`modelflock.io/leader=true` on the leader's own pod, so the operator Service (webhook,
-    flock API) sends requests to the leader only. A no-op outside a pod."""
+    flock API) sends requests to the leader only. A no-op outside a pod. A failed patch is
+    retried after `retry_seconds` and logged once per failure streak."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, retry_seconds: float) -> None:
         self.kube = kube
         self.pod = os.environ.get("POD_NAME", "")
         self.namespace = os.environ.get("POD_NAMESPACE", "")
         self.value: bool | None = None
+        self.retry_seconds = retry_seconds
+        self._next_try = 0.0
+        self._failing = False
 
-    async def set(self, leader: bool) -> bool:
-        if not self.pod or not self.namespace or self.value is leader:
-            return True
+    async def set(self, leader: bool) -> None:
+        if not self.pod or not self.namespace:
+            self.value = leader
+            return
+        now = time.monotonic()
+        if self.value is leader or (self._failing and now < self._next_try):
+            return
         try:
             await self.kube.patch_labels(
                 "v1", "Pod", self.pod, self.namespace, {LEADER_LABEL: "true" if leader else None}
             )
         except Exception as error:
-            log.warning(
-                "cannot %s label %s on pod %s: %s",
-                "set" if leader else "remove",
-                LEADER_LABEL,
-                self.pod,
-                api_error_message(error),
-            )
-            return False
+            self._next_try = now + self.retry_seconds
+            if not self._failing:
+                log.warning(
+                    "cannot %s label %s on pod %s (retrying every %gs): %s",
+                    "set" if leader else "remove",
+                    LEADER_LABEL,
+                    self.pod,
+                    self.retry_seconds,
+                    api_error_message(error),
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("label %s on pod %s is right again", LEADER_LABEL, self.pod)
+        self._failing = False
         self.value = leader
-        return True
 
 
 class Term:
@@ -216,12 +231,12 @@ async def run_operator(options: RunOptions) -> int:
     )
 
     def api_error(message: str) -> bool:
-        return not is_unreachable_error(message) or outage.failed()
+        return not is_unreachable_error(message) or outage.failed(message)
 
     elector = Elector(
         store, own_identity(), settings, on_api_ok=outage.recovered, on_api_error=api_error
     )
-    label = LeaderLabel(election_kube)
+    label = LeaderLabel(election_kube, settings.retry_period_seconds)
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -287,9 +302,9 @@ async def _wait_for_leadership(
     elector: Elector, shutdown: asyncio.Event, label: LeaderLabel
 ) -> bool:
     while not shutdown.is_set():
-        if elector.is_leader():
+        if elector.firmly_leading():
             return True
-        if label.value:
+        if label.value is not False:  # not removed yet (e.g. the API was down at start)
             await label.set(False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(shutdown.wait(), timeout=0.2)

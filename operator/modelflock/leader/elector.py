@@ -56,9 +56,18 @@ class Elector:
         self._renewed_at: float | None = None
         self._holder_logged = ""
         self._announced = False  # "leading" was logged for the current term
+        self._last_error = ""
 
     def is_leader(self) -> bool:
         return still_leading(self._renewed_at, self._clock(), self.settings.renew_deadline_seconds)
+
+    def firmly_leading(self) -> bool:
+        """Leading with at least half the renew deadline left: worth starting the controllers
+        (a renewal that took most of the deadline, as while an API server comes back, is not)."""
+        margin = self.settings.renew_deadline_seconds / 2
+        return still_leading(
+            self._renewed_at, self._clock() + margin, self.settings.renew_deadline_seconds
+        )
 
     @property
     def holder(self) -> str:
@@ -72,6 +81,7 @@ class Elector:
         try:
             record = await self.store.read()
             self._on_api_ok()
+            self._last_error = ""
             self._observation = observe(self._observation, record, started)
             decision = decide(record, self.identity, self._observation, started)
             if decision.action is Action.WAIT:
@@ -88,19 +98,22 @@ class Elector:
             )
             self._record = await self.store.write(wanted)
             self._renewed_at = started
-            if self.is_leader() and not self._announced:
+            if not self.firmly_leading():
+                return 0.0  # the round trip was slow: renew again at once
+            if not self._announced:
                 log.info("leading %s as %s: %s", self.store.where, self.identity, decision.reason)
         except Conflict:
             # Another candidate wrote first: read again at once, it may be free again.
             self._observation = None
             return retry * random.uniform(0.2, 0.5)
         except Exception as error:
-            if self._on_api_error(api_error_message(error)):
-                log.warning(
-                    "cannot read or write %s: %s", self.store.where, api_error_message(error)
-                )
+            message = api_error_message(error)
+            # The same refusal (e.g. RBAC) is logged once, not at every retry.
+            if self._on_api_error(message) and message != self._last_error:
+                log.warning("cannot read or write %s: %s", self.store.where, message)
+            self._last_error = message
         finally:
-            self._announced = self.is_leader()
+            self._announced = (self._announced and self.is_leader()) or self.firmly_leading()
         return retry
 
     def _note_holder(self, record: LeaseRecord | None) -> None:
