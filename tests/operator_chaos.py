@@ -80,7 +80,7 @@ def policy(experts: list[str], gateway: int) -> dict[str, Any]:
         "spec": {
             "experts": experts,
             "routes": [{"name": "chat", "expert": experts[0]}],
-            "gateway": {"replicas": gateway},
+            "gateway": {"replicas": gateway, "allowUnauthenticated": True},
         },
     }
 

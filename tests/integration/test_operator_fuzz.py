@@ -108,6 +108,10 @@ def repair_policy(spec: dict[str, Any]) -> dict[str, Any]:
         spec["classifier"] = classifier
     if "baseline" in spec and spec["baseline"] not in known:
         spec["baseline"] = experts[-1]
+    gateway = dict(spec.get("gateway") or {})
+    if gateway.get("replicas") and not gateway.get("apiKeys"):
+        gateway["allowUnauthenticated"] = True
+        spec["gateway"] = gateway
     return spec
 
 

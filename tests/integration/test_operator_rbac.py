@@ -139,7 +139,10 @@ def policy(gateway_replicas: int) -> dict[str, Any]:
             "experts": ["small", "frontier"],
             "baseline": "frontier",
             "routes": [{"name": "chat", "expert": "small", "fallbacks": ["frontier"]}],
-            "gateway": {"replicas": gateway_replicas},
+            "gateway": {
+                "replicas": gateway_replicas,
+                "apiKeys": [{"name": "team", "secretRef": {"name": "gateway-keys", "key": "team"}}],
+            },
         },
     }
 
@@ -204,6 +207,7 @@ def test_operator_runs_with_the_charts_cluster_role_only(
         assert get_json(cluster, "secret", "team-router-token", "-n", TEAM)
         assert get_json(cluster, "deployment", "team-router", "-n", TEAM)
         assert get_json(cluster, "service", "team-router", "-n", TEAM)
+        assert get_json(cluster, "networkpolicy", "team-router", "-n", TEAM)
         assert rp["status"]["configHash"]
         events = json.loads(cluster.kubectl("get", "events", "-n", TEAM, "-o", "json"))["items"]
         assert any(e["involvedObject"]["name"] == "small" for e in events)
