@@ -175,7 +175,8 @@ def test_operator_runs_with_the_charts_cluster_role_only(
     assert can_i(cluster, account, "get", "secrets", "-n", TEAM)
     assert not can_i(cluster, account, "list", "namespaces")
     assert not can_i(cluster, account, "list", "customresourcedefinitions")
-    assert not can_i(cluster, account, "get", "configmaps", "-n", TEAM)
+    assert not can_i(cluster, account, "update", "configmaps", "-n", TEAM)
+    assert not can_i(cluster, account, "delete", "configmaps", "-n", TEAM)
     # The pod whose leader label the operator sets (a Pending pod is enough).
     cluster.kubectl(
         "run", POD, "-n", RELEASE_NS, "--image=modelflock/modelflock:0.1.0", "--restart=Never"
