@@ -176,3 +176,34 @@ async def test_a_replica_that_refuses_connections_is_skipped_before_any_fallback
     assert raw.headers["x-modelflock-expert"] == "m"
     assert raw.headers["x-modelflock-attempts"] == "2"
     assert (alive.stats.requests, backup.stats.requests) == (1, 0)
+
+
+async def test_replicas_gone_after_a_scale_down_do_not_use_up_the_attempts(flock: Flock) -> None:
+    """Three replicas removed by a scale-down, still listed until discovery catches up: the
+    request reaches the one left, with the attempt limit (3) intact for real answers."""
+    alive = await flock.sim("alive", model="m")
+    backup = await flock.sim("backup", model="b")
+    gone = []
+    for _ in range(3):
+        with socket.socket() as s:  # ports nobody listens on
+            s.bind(("127.0.0.1", 0))
+            gone.append(f"http://127.0.0.1:{s.getsockname()[1]}")
+    api = await flock.flock_api()
+    api.set_expert("m", [*gone, alive.url], queue=[0, 0, 0, 5])  # the dead look least loaded
+    router = await flock.router(
+        {
+            "experts": [
+                {"name": "m", "urls": [alive.url], "model": "m"},
+                {"name": "b", "urls": [backup.url], "model": "b"},
+            ],
+            "routes": [{"name": "r", "expert": "m", "fallbacks": ["b"]}],
+            "defaults": {"overloadQueueDepth": 100, "maxAttempts": 3},
+            "discovery": flock.discovery(api),
+        }
+    )
+    raw = await flock.client(router).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-modelflock-expert"] == "m"
+    assert raw.headers["x-modelflock-attempts"] == "4"  # three refused connections, one answer
+    assert (alive.stats.requests, backup.stats.requests) == (1, 0)

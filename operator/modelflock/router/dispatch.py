@@ -242,7 +242,9 @@ class Dispatcher:
             if not await self._admit(job, name, expert, has_next, deadline):
                 i += 1
                 continue
-            if job.attempts >= defaults.max_attempts:
+            # A replica that refused the connection never saw the request: it is not an attempt
+            # (after a scale-down, several may be refused before discovery drops them).
+            if job.attempts - len(job.refused) >= defaults.max_attempts:
                 job.reasons.append(f"attempt limit {defaults.max_attempts} reached")
                 break
             job.attempts += 1
