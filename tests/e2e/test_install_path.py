@@ -403,9 +403,14 @@ def test_04_observe_with_prometheus(day: Day) -> None:
     )
     objects = monitoring_objects(day)
     service = get_json(day.cluster, "service", "modelflock", "-n", RELEASE_NS)
-    [operator_pod] = get_json(
-        day.cluster, "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/component=operator"
-    )["items"]
+    # The chart runs two operator replicas (leader election); the local operator process stands
+    # in for the first of them, as the one the Service would send the scrape to.
+    operator_pod = min(
+        get_json(
+            day.cluster, "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/component=operator"
+        )["items"],
+        key=lambda pod: pod["metadata"]["name"],
+    )
     [gateway_pod] = get_json(day.cluster, "pods", "-n", NS, "-l", "modelflock.io/router-metrics")[
         "items"
     ]

@@ -85,7 +85,10 @@ def test_the_chart_installs(portfolio: Portfolio) -> None:
     deployment = json.loads(
         portfolio.cluster.kubectl("get", "deployment", "-n", RELEASE_NAMESPACE, "-o", "json")
     )["items"]
-    assert [d["spec"]["strategy"]["type"] for d in deployment] == ["Recreate"]
+    # Two replicas behind a Lease: a rolling update never has two leaders writing at once.
+    assert [(d["spec"]["strategy"]["type"], d["spec"]["replicas"]) for d in deployment] == [
+        ("RollingUpdate", 2)
+    ]
     crd = json.loads(
         portfolio.cluster.kubectl("get", "crd", "modelexperts.modelflock.io", "-o", "json")
     )
