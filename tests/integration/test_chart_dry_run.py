@@ -147,8 +147,12 @@ def test_default_values_pass_server_dry_run(cluster: LocalCluster, helm: Helm) -
     namespace(cluster, "chart-default")
     manifests = helm.template("modelflock", "chart-default")
     report = dry_run(cluster, manifests)
-    assert len(dry_run_names(report)) == len(objects(manifests)) == 11
+    # 3 CRDs, RBAC (ClusterRole, its binding, the Lease Role and its binding), ServiceAccount,
+    # ConfigMap, Deployment, PodDisruptionBudget, Service, webhook + its Secret, helm-test Pod.
+    assert len(dry_run_names(report)) == len(objects(manifests)) == 15
     assert "deployment.apps/modelflock" in report
+    assert "poddisruptionbudget.policy/modelflock" in report
+    assert "role.rbac.authorization.k8s.io/modelflock-leader-election" in report
     assert "mutatingwebhookconfiguration.admissionregistration.k8s.io/modelflock" in report
 
 
@@ -160,7 +164,9 @@ def test_full_values_pass_server_dry_run(
     # objects the chart creates, so the dry-run needs nothing for them.
     manifests = helm.template("flock", "chart-full", "-f", str(FULL_VALUES))
     report = dry_run(cluster, manifests)
-    assert len(dry_run_names(report)) == len(objects(manifests)) == 16
+    # The default 15 plus the dashboard, cert-manager Certificate and Issuer, ServiceMonitor,
+    # PodMonitor and PrometheusRule, less the webhook Secret cert-manager now makes.
+    assert len(dry_run_names(report)) == len(objects(manifests)) == 20
     for kind in ("servicemonitor", "podmonitor", "prometheusrule", "certificate", "issuer"):
         assert f"{kind}." in report, kind
 
