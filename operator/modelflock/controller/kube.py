@@ -255,4 +255,10 @@ def refusal_message(error: Exception) -> str | None:
     status = getattr(error, "status", None)
     if status in (400, 422):
         return api_error_message(error)
+    if status == 500:
+        # Server-side apply answers 500 when the object does not fit the schema (e.g. an unknown
+        # field in an affinity passed through from a ModelExpert): as final as a 422.
+        message = api_error_message(error)
+        if "failed to create typed patch object" in message:
+            return message
     return None
