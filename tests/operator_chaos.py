@@ -106,6 +106,7 @@ class ChaosReport:
     extra_rollouts: list[str] = field(default_factory=list)
     rescaled: list[str] = field(default_factory=list)
     tracebacks: int = 0
+    first_traceback: str = ""  # the first one, with the log lines before it, for the failure
     events_repeated: int = 0  # at-least-once: a killed leader's transition may be posted again
 
     def problems(self) -> list[str]:
@@ -115,7 +116,11 @@ class ChaosReport:
             *(f"double scaling/rollout: {o}" for o in self.extra_generations),
             *(f"spurious rollout: {o}" for o in self.extra_rollouts),
             *(f"rescaled: {o}" for o in self.rescaled),
-            *([f"{self.tracebacks} operator tracebacks"] if self.tracebacks else []),
+            *(
+                [f"{self.tracebacks} operator tracebacks; the first:\n{self.first_traceback}"]
+                if self.tracebacks
+                else []
+            ),
         ]
 
 
@@ -321,9 +326,12 @@ class Chaos:
                 f"{AUTOSCALED}: generation {scaled['metadata']['generation']}, "
                 f"replicas {scaled['spec']['replicas']}"
             )
-        report.tracebacks = sum(
-            path.read_text(errors="replace").count("Traceback") for path in self.logs
-        )
+        for path in self.logs:
+            lines = path.read_text(errors="replace").splitlines()
+            starts = [i for i, line in enumerate(lines) if "Traceback" in line]
+            report.tracebacks += len(starts)
+            if starts and not report.first_traceback:
+                report.first_traceback = "\n".join(lines[max(0, starts[0] - 5) : starts[0] + 40])
         events = self._items("events")
         posted = Counter(
             (e["involvedObject"]["name"], e["reason"], e["message"])

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -159,6 +160,9 @@ class OperatorProcess:
         wait_for(self._healthy, "operator liveness endpoint", timeout=60)
         if self.wait_leader:
             wait_for(self.is_leader, "operator leading (leader Lease held)", timeout=60)
+            # Leading is not serving yet: the flock API (and webhook) open in kopf's startup
+            # handler, after the Lease is won. /readyz says when they accept connections.
+            wait_for(self.is_ready, "operator ready (its listeners accept connections)", timeout=60)
 
     def _webhook_args(self) -> list[str]:
         if self.webhook_dir is None:
@@ -190,6 +194,17 @@ class OperatorProcess:
         if self.process.poll() is not None:
             raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
         return bool(self.health()["leader"])
+
+    def is_ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
+        url = f"http://127.0.0.1:{self.liveness_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError:
+            return False
 
     @property
     def running(self) -> bool:
