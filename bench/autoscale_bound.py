@@ -28,6 +28,7 @@ reports any run that beats the bound.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Sequence
@@ -117,6 +118,7 @@ class SegmentModel:
             for m in set(mixes)
         }
         self.params = [per_mix[m] for m in mixes]
+        self.float_arrivals = [float(a) for a in arrivals]
         self.need = [a / self.params[t][4] for t, a in enumerate(arrivals)]
         self._cache: dict[tuple[int, int, int, int], tuple[float, float, int]] = {}
 
@@ -128,10 +130,8 @@ class SegmentModel:
 
     @staticmethod
     def queue_index(backlog: float) -> int:
-        i = 0
-        while i + 1 < len(QUEUE_GRID) and QUEUE_GRID[i + 1] <= backlog + 1e-9:
-            i += 1
-        return i
+        """The highest grid step at or below the backlog (the grid rises strictly)."""
+        return max(0, bisect.bisect_right(QUEUE_GRID, backlog + 1e-9) - 1)
 
     def run(
         self,
@@ -155,7 +155,9 @@ class SegmentModel:
         misses = 0.0
         r = running
         step_base, step_per_seq = size.step_base, size.step_per_seq
-        arrivals, params = self.arrivals, self.params
+        arrivals, params = self.float_arrivals, self.params
+        pop = queue.pop
+        append = queue.append
         for t in range(start, end):
             batch, prefill, w, output, _ = params[t]
             slots = n * batch
@@ -168,20 +170,28 @@ class SegmentModel:
                     cap = by_prefill
             else:
                 cap = 0.0
-            queue.append(float(arrivals[t]))
+            append(arrivals[t])
             while len(queue) > w + 1:
-                old = queue.pop(0)
+                old = pop(0)
                 misses += old
                 late += old
-            admitted = late if late < cap else cap
-            late -= admitted
-            for i, waiting in enumerate(queue):
-                room = cap - admitted
-                if room <= 0:
-                    break
-                take = waiting if waiting < room else room
-                queue[i] -= take
-                admitted += take
+            if late < cap:
+                admitted = late
+                late = 0.0
+            else:
+                admitted = cap
+                late -= admitted
+            if cap > admitted:
+                for i, waiting in enumerate(queue):
+                    room = cap - admitted
+                    if room <= 0:
+                        break
+                    if waiting < room:
+                        queue[i] = 0.0
+                        admitted += waiting
+                    else:
+                        queue[i] = waiting - room
+                        admitted += room
             r += admitted
             if r > 0:
                 # Decoding runs for what the second's prefills leave.
@@ -190,7 +200,7 @@ class SegmentModel:
                     done = r * spare / (output * (step_base + step_per_seq * r / n))
                     r = r - done if done < r else 0.0
             while queue and queue[0] <= 0:
-                queue.pop(0)
+                pop(0)
         return misses, r, queue, late
 
     def cached(self, k: int, n: int, r_index: int, q_index: int) -> tuple[float, float, int]:

@@ -186,26 +186,29 @@ class Fleet:
                 out.episode_total[ep] = out.episode_total.get(ep, 0) + arrivals
             self._hold(Cohort(now, arrivals, mix))
         ready: list[Pod] = []
+        serving: list[Pod] = []
         for i, pod in list(self.pods.items()):
             if pod.ready_at > now:
                 continue
-            if pod.batch and pod.batch[0][0] <= pod.steps:
+            batch = pod.batch
+            if batch and batch[0][0] <= pod.steps:
                 self._complete(pod, now)
             if pod.draining:
                 if pod.running == 0:
                     self._release(i, now)
+                    continue
             else:
                 ready.append(pod)
+            serving.append(pod)
         if ready and self.held:
             self._route(ready)
         step_base, step_per_seq = self.size.step_base, self.size.step_per_seq
-        for pod in self.pods.values():
-            if pod.ready_at > now:
-                continue
+        for pod in serving:
             if pod.queue or pod.prefill_debt:
                 self._admit(pod, now)
-            if pod.running:
-                pod.steps += (1.0 - pod.prefill_used) / (step_base + step_per_seq * pod.running)
+            running = pod.running
+            if running:
+                pod.steps += (1.0 - pod.prefill_used) / (step_base + step_per_seq * running)
             pod.prefill_used = 0.0
         if now >= 0:
             out.gpu_seconds += len(self.pods) * self.size.gpus
@@ -249,46 +252,52 @@ class Fleet:
     def _complete(self, pod: Pod, now: int) -> None:
         out = self.out
         tpot_slo = self.size.tpot_slo
-        batch = pod.batch
-        while batch and batch[0][0] <= pod.steps:
-            _, _, n, admitted, tokens, kv, ttft_ok, arrival = heapq.heappop(batch)
-            pod.running -= n
-            pod.completed += n
-            pod.kv_used -= n * kv
+        batch, steps = pod.batch, pod.steps
+        pop = heapq.heappop
+        running, completed, kv_used = pod.running, pod.completed, pod.kv_used
+        while batch and batch[0][0] <= steps:
+            _, _, n, admitted, tokens, kv, ttft_ok, arrival = pop(batch)
+            running -= n
+            completed += n
+            kv_used -= n * kv
             if arrival >= 0 and ttft_ok and (now - admitted) <= tpot_slo * tokens:
                 out.slo_met += n
                 ep = arrival // EPISODE_SECONDS
                 out.episode_met[ep] = out.episode_met.get(ep, 0) + n
+        pod.running, pod.completed, pod.kv_used = running, completed, kv_used
 
     def _admit(self, pod: Pod, now: int) -> None:
         size, out = self.size, self.out
+        max_seqs, kv_capacity = size.max_seqs, size.kv_capacity
+        prefill_rate, ttft_slo = size.prefill_tokens_per_second, size.ttft_slo
+        step_base, step_per_seq = size.step_base, size.step_per_seq
+        queue, batch = pod.queue, pod.batch
         elapsed = pod.prefill_debt
         budget = 1.0 - elapsed
         hist = out.ttft_hist
         spread = len(OUTPUT_SPREAD)
-        while pod.queue and budget > 0 and pod.running < size.max_seqs:
-            head = pod.queue[0]
+        push = heapq.heappush
+        running, kv_used, waiting = pod.running, pod.kv_used, pod.waiting
+        while queue and budget > 0 and running < max_seqs:
+            head = queue[0]
             mix = head.mix
-            kv_each = mix.prompt + mix.output
-            fit = min(size.max_seqs - pod.running, (size.kv_capacity - pod.kv_used) // kv_each)
+            prompt = mix.prompt
+            kv_each = prompt + mix.output
+            fit = min(max_seqs - running, (kv_capacity - kv_used) // kv_each)
             if fit <= 0:
                 break
-            prefill_each = mix.prompt / size.prefill_tokens_per_second
+            prefill_each = prompt / prefill_rate
             by_budget = max(1, int(budget / prefill_each))
-            take = min(head.count, fit, by_budget)
+            count = head.count
+            take = min(count, fit, by_budget)
             cost = take * prefill_each
-            waited = now - head.arrival
+            arrival = head.arrival
+            waited = now - arrival
             # The chunk's requests get their first token after the prefill ahead of them,
             # their own prefill (on average half the chunk's) and one decode step.
-            ttft = (
-                waited
-                + elapsed
-                + cost / 2
-                + size.step_base
-                + size.step_per_seq * (pod.running + take)
-            )
-            ttft_ok = ttft <= size.ttft_slo
-            if head.arrival >= 0:
+            ttft = waited + elapsed + cost / 2 + step_base + step_per_seq * (running + take)
+            ttft_ok = ttft <= ttft_slo
+            if arrival >= 0:
                 hist[min(TTFT_BUCKETS - 1, int(ttft / TTFT_BUCKET))] += take
                 if waited <= QUEUE_WAIT_OBJECTIVE:
                     out.queue_met += take
@@ -298,18 +307,17 @@ class Fleet:
             # pod), so lengths vary across chunks and seconds.
             tokens = _tokens(mix.output, pod.turn)
             pod.turn = (pod.turn + 1) % spread
-            kv = mix.prompt + tokens
+            kv = prompt + tokens
             self._seq += 1
-            heapq.heappush(
-                pod.batch,
-                (pod.steps + tokens, self._seq, take, now, tokens, kv, ttft_ok, head.arrival),
-            )
-            pod.kv_used += take * kv
-            pod.running += take
-            pod.waiting -= take
-            head.count -= take
-            if head.count == 0:
-                pod.queue.popleft()
+            push(batch, (pod.steps + tokens, self._seq, take, now, tokens, kv, ttft_ok, arrival))
+            kv_used += take * kv
+            running += take
+            waiting -= take
+            if count == take:
+                queue.popleft()
+            else:
+                head.count = count - take
+        pod.running, pod.kv_used, pod.waiting = running, kv_used, waiting
         pod.prefill_debt = max(0.0, elapsed - 1.0)
         pod.prefill_used = min(1.0, elapsed)
 

@@ -10,6 +10,8 @@ See docs/autoscaling.md for the model, the policies and the tables this prints.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import itertools
 import math
 import multiprocessing
@@ -18,11 +20,14 @@ import random
 import statistics
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import autoscale_bound
+import autoscale_engine
+import autoscale_policies
+import autoscale_workloads
 from autoscale_bound import Plan, plan, saturated
 from autoscale_engine import Fleet, PodSample
 from autoscale_policies import (
@@ -45,6 +50,7 @@ from autoscale_workloads import (
     poisson,
     workloads,
 )
+from modelflock.autoscale import algorithm
 from modelflock.autoscale.algorithm import ScalerMemory, ScalingPolicy, remembered
 
 MAX_REPLICAS = 10
@@ -159,24 +165,32 @@ def simulate(
 ) -> Result:
     fleet = Fleet(size, node_delay)
     n0 = steady_replicas(workload, size)
-    fleet.scale_to(n0, -WARM_UP_SECONDS, warm=True)
+    start = -WARM_UP_SECONDS
+    fleet.scale_to(n0, start, warm=True)
     warm_rng = random.Random(f"warm/{seed}/{workload.name}/{size.name}")
     rate0 = workload.rate(size, 0)
     mix0 = workload.mix(0)
-    snapshots: deque[tuple[PodSample, ...]] = deque()
+    interval = policy.interval
+    # A tick sees the pods' metrics `lag` seconds old (the oldest there are at the start):
+    # only the seconds some tick reads are sampled.
+    needed = {max(start, d - lag) for d in range(start, workload.duration) if d % interval == 0}
+    snapshots: dict[int, tuple[PodSample, ...]] = {}
     log: list[tuple[int, int]] = []
-    for now in range(-WARM_UP_SECONDS, workload.duration):
+    mix = workload.mix
+    for now in range(start, workload.duration):
         if now < 0:
             fleet.step(now, poisson(warm_rng, rate0), mix0)
         else:
-            fleet.step(now, arrivals[now], workload.mix(now))
-        snapshots.append(fleet.sample(now))
-        if len(snapshots) > lag + 1:
-            snapshots.popleft()
-        if now % policy.interval:
+            fleet.step(now, arrivals[now], mix(now))
+        if now in needed:
+            snapshots[now] = fleet.sample(now)
+        if now % interval:
             continue
+        seen_at = max(start, now - lag)
+        for t in [t for t in snapshots if t < seen_at]:
+            del snapshots[t]
         ready = fleet.ready_pods(now)
-        old = {s.pod: s for s in snapshots[0]}
+        old = {s.pod: s for s in snapshots[seen_at]}
         view = View(
             now=now,
             replicas=fleet.replicas(),
@@ -230,47 +244,89 @@ class CaseResult:
     plans: tuple[Plan, ...]
 
 
-def run_case(case: Case) -> CaseResult:
-    size = next(s for s in SIZES if s.name == case.size)
-    workload = next(w for w in workloads(case.seed) if w.name == case.workload)
-    arrivals = workload.arrivals(size, case.seed)
-    results: list[Result] = []
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One piece of a case, computed and cached on its own: a policy at one knob value, or
+    (family None) the bound and its replay. Changing the algorithm reruns only "ours"."""
+
+    case: Case
+    family: str | None
+    knob: float | None
+
+
+# What a unit computes: a policy's run, or the bound's plans and their replay.
+Payload = Result | tuple[tuple[Plan, ...], Result]
+
+
+def case_units(case: Case) -> list[Unit]:
+    units = [Unit(case, None, None)] if case.bound else []
     for fam in FAMILIES:
         knobs = sorted({fam.default, *fam.sweep}) if case.sweep else [fam.default]
-        for knob in knobs:
-            results.append(
-                simulate(
-                    workload,
-                    size,
-                    fam.make(size, knob),
-                    arrivals,
-                    seed=case.seed,
-                    lag=case.lag,
-                    node_delay=case.node_delay,
-                    family=fam.name,
-                    knob=knob,
-                )
-            )
-    plans: tuple[Plan, ...] = ()
-    if case.bound:
-        n0 = steady_replicas(workload, size)
-        plans = tuple(plan(workload, size, arrivals, TARGETS, MAX_REPLICAS, n0))
-        top = plans[-1]
-        lead = size.cold_start_seconds + case.node_delay
-        results.append(
-            simulate(
-                workload,
-                size,
-                Replay("plan replay", top.schedule, top.segment, lead),
-                arrivals,
-                seed=case.seed,
-                lag=case.lag,
-                node_delay=case.node_delay,
-                family="plan replay (99 %)",
-                knob=None,
-            )
+        units += [Unit(case, fam.name, knob) for knob in knobs]
+    return units
+
+
+def _setting(case: Case) -> tuple[ModelSize, Workload, list[int]]:
+    size = next(s for s in SIZES if s.name == case.size)
+    workload = next(w for w in workloads(case.seed) if w.name == case.workload)
+    return size, workload, workload.arrivals(size, case.seed)
+
+
+def run_unit(unit: Unit) -> tuple[Unit, Payload]:
+    case = unit.case
+    size, workload, arrivals = _setting(case)
+    if unit.family is not None:
+        fam = next(f for f in FAMILIES if f.name == unit.family)
+        assert unit.knob is not None
+        result = simulate(
+            workload,
+            size,
+            fam.make(size, unit.knob),
+            arrivals,
+            seed=case.seed,
+            lag=case.lag,
+            node_delay=case.node_delay,
+            family=fam.name,
+            knob=unit.knob,
         )
-    return CaseResult(case, workload.predictable, workload.load_changes, tuple(results), plans)
+        return unit, result
+    n0 = steady_replicas(workload, size)
+    plans = tuple(plan(workload, size, arrivals, TARGETS, MAX_REPLICAS, n0))
+    top = plans[-1]
+    lead = size.cold_start_seconds + case.node_delay
+    replay = simulate(
+        workload,
+        size,
+        Replay("plan replay", top.schedule, top.segment, lead),
+        arrivals,
+        seed=case.seed,
+        lag=case.lag,
+        node_delay=case.node_delay,
+        family="plan replay (99 %)",
+        knob=None,
+    )
+    return unit, (plans, replay)
+
+
+def assemble(case: Case, payloads: dict[Unit, Payload]) -> CaseResult:
+    """A case's results in the order the tables list them (policies, then the replay)."""
+    _, workload, _ = _setting(case)
+    results: list[Result] = []
+    plans: tuple[Plan, ...] = ()
+    replay: list[Result] = []
+    for unit in case_units(case):
+        payload = payloads[unit]
+        if isinstance(payload, Result):
+            results.append(payload)
+        else:
+            plans, replay = payload[0], [payload[1]]
+    return CaseResult(
+        case, workload.predictable, workload.load_changes, tuple(results + replay), plans
+    )
+
+
+def run_case(case: Case) -> CaseResult:
+    return assemble(case, dict(run_unit(u) for u in case_units(case)))
 
 
 # -- reading the results ------------------------------------------------------------------
@@ -426,25 +482,54 @@ def beaten_bounds(cases: Sequence[CaseResult]) -> list[str]:
     return out
 
 
-def _cache_file(cache: Path, case: Case) -> Path:
-    key = f"{case.size}-{case.workload}-{case.seed}-{case.sweep}-{case.bound}-{case.lag}-{case.node_delay}"
+def _fingerprint(family: str | None) -> str:
+    """The code a unit's result depends on; a cached result of other code is not reused."""
+    h = hashlib.sha256()
+    for mod in (autoscale_engine, autoscale_workloads, autoscale_policies):
+        h.update(Path(str(mod.__file__)).read_bytes())
+    for fn in (simulate, steady_replicas, _setting):
+        h.update(inspect.getsource(fn).encode())
+    if family is None:
+        h.update(Path(str(autoscale_bound.__file__)).read_bytes())
+        h.update(repr(TARGETS).encode())
+    else:
+        fam = next(f for f in FAMILIES if f.name == family)
+        h.update(inspect.getsource(fam.make).encode())
+        h.update(repr(MAX_REPLICAS).encode())
+        if fam.make is _ours:
+            h.update(Path(str(algorithm.__file__)).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _cache_file(cache: Path, unit: Unit, fingerprints: dict[str | None, str]) -> Path:
+    case = unit.case
+    what = "bound" if unit.family is None else f"{unit.family}-{unit.knob}"
+    key = (
+        f"{case.size}-{case.workload}-{case.seed}-{case.lag}-{case.node_delay}-{what}-"
+        f"{fingerprints[unit.family]}"
+    )
     return cache / (key.replace(" ", "_").replace("/", "_") + ".pickle")
 
 
-def _load(cache: Path | None, case: Case) -> CaseResult | None:
-    if cache is None or not _cache_file(cache, case).exists():
+def _load(cache: Path | None, unit: Unit, fingerprints: dict[str | None, str]) -> Payload | None:
+    if cache is None or not _cache_file(cache, unit, fingerprints).exists():
         return None
-    with _cache_file(cache, case).open("rb") as f:
-        result: CaseResult = pickle.load(f)
-    return result
+    with _cache_file(cache, unit, fingerprints).open("rb") as f:
+        payload: Payload = pickle.load(f)
+    return payload
 
 
-def _store(cache: Path | None, result: CaseResult) -> None:
+def _store(
+    cache: Path | None, unit: Unit, payload: Payload, fingerprints: dict[str | None, str]
+) -> None:
     if cache is None:
         return
     cache.mkdir(parents=True, exist_ok=True)
-    with _cache_file(cache, result.case).open("wb") as f:
-        pickle.dump(result, f)
+    path = _cache_file(cache, unit, fingerprints)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(payload, f)
+    tmp.replace(path)
 
 
 def _seeds(text: str) -> list[int]:
@@ -492,34 +577,34 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds
     ]
     started = time.perf_counter()
-    # Seed by seed (a stopped sweep leaves whole seeds), longest first within a seed.
-    order = sorted(
-        cases,
-        key=lambda c: (c.seed, -next(w.duration for w in workloads(0) if w.name == c.workload)),
+    fingerprints: dict[str | None, str] = {None: _fingerprint(None)}
+    fingerprints.update({f.name: _fingerprint(f.name) for f in FAMILIES})
+    durations = {w.name: w.duration for w in workloads(0)}
+    # Seed by seed (a stopped run leaves whole seeds), the bound and long workloads first.
+    units = sorted(
+        (u for c in cases for u in case_units(c)),
+        key=lambda u: (u.case.seed, u.family is not None, -durations[u.case.workload]),
     )
-    done: list[CaseResult] = []
+    payloads: dict[Unit, Payload] = {}
     todo = []
-    for c in order:
-        cached = _load(args.cache, c)
-        if cached is None and not args.report_only:
-            todo.append(c)
-        elif cached is None:
-            continue
-        else:
-            done.append(cached)
+    for u in units:
+        cached = _load(args.cache, u, fingerprints)
+        if cached is not None:
+            payloads[u] = cached
+        elif not args.report_only:
+            todo.append(u)
     if args.jobs > 1 and len(todo) > 1:
         with multiprocessing.Pool(args.jobs) as pool:
-            for result in pool.imap_unordered(run_case, todo, chunksize=1):
-                _store(args.cache, result)
-                done.append(result)
+            for unit, payload in pool.imap_unordered(run_unit, todo, chunksize=1):
+                _store(args.cache, unit, payload, fingerprints)
+                payloads[unit] = payload
     else:
-        for c in todo:
-            result = run_case(c)
-            _store(args.cache, result)
-            done.append(result)
-    index = {c: i for i, c in enumerate(cases)}
-    done.sort(key=lambda r: index[r.case])
-    cases = [r.case for r in done]
+        for u in todo:
+            unit, payload = run_unit(u)
+            _store(args.cache, unit, payload, fingerprints)
+            payloads[unit] = payload
+    done = [assemble(c, payloads) for c in cases if all(u in payloads for u in case_units(c))]
+    ran = len(todo)
     text = "### Each policy at its default setting (mean and range over seeds)\n\n"
     text += defaults_table(done)
     if sweep:
@@ -530,7 +615,10 @@ def main(argv: list[str] | None = None) -> int:
         beaten = beaten_bounds(done)
         text += "\nRuns below the bound: " + ("none" if not beaten else "; ".join(beaten)) + "\n"
     sys.stdout.write(text)
-    sys.stdout.write(f"\n{len(cases)} cases in {time.perf_counter() - started:.0f} s\n")
+    sys.stdout.write(
+        f"\n{len(done)} cases ({ran} runs computed, the rest cached) in "
+        f"{time.perf_counter() - started:.0f} s\n"
+    )
     if args.markdown:
         args.markdown.write_text(text)
     return 0
