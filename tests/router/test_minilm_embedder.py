@@ -1,4 +1,5 @@
-"""The real embedding model behind engine-sim's minilm mode: right numbers, served over HTTP."""
+"""The real embedding model behind engine-sim's minilm mode: right numbers (both runtimes: the
+numpy reference and the ONNX graph onnxruntime runs), served over HTTP."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ from modelflock.sim.minilm import MiniLM
 from support import MINILM_MODEL
 
 
-@pytest.fixture(scope="module")
-def model() -> MiniLM:
-    return MiniLM.load()
+@pytest.fixture(scope="module", params=["numpy", "onnx"])
+def model(request: pytest.FixtureRequest) -> MiniLM:
+    return MiniLM.load(runtime=request.param)
+
+
+def test_the_onnx_graph_computes_what_the_numpy_reference_does() -> None:
+    texts = [
+        "What is the capital of France?",
+        "x",
+        "Robert'); DROP TABLE students;-- and ünïcödé ✓",
+        "a much longer passage with many more word pieces than the others " * 12,
+    ]
+    reference, graph = MiniLM.load(runtime="numpy"), MiniLM.load(runtime="onnx")
+    want, got = reference.encode(texts, batch_size=4), graph.encode(texts, batch_size=4)
+    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+    assert got.tokens == want.tokens
+    assert graph.runtime == "onnx" and not graph.layers  # no second copy of the weights
 
 
 def test_matches_the_reference_embedding(model: MiniLM) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from modelflock.api.knowledgebase import KnowledgeBase, KnowledgeBaseStatus, default_table
@@ -22,7 +23,14 @@ from modelflock.retrieval.documents import (
 )
 from modelflock.retrieval.embedder import backoff_seconds, parse_embeddings
 from modelflock.retrieval.ingest import IngestResult
-from modelflock.retrieval.store import Passage, ident, search_sql, vector_literal
+from modelflock.retrieval.store import (
+    Passage,
+    decode_vector,
+    encode_vector,
+    ident,
+    search_sql,
+    vector_literal,
+)
 from modelflock.router.answer import (
     answer_text,
     decide,
@@ -31,6 +39,7 @@ from modelflock.router.answer import (
     stream_events,
     usable,
 )
+from modelflock.router.retrieval import parse_embedding
 
 
 def test_text_markdown_and_jsonl_sources() -> None:
@@ -120,6 +129,7 @@ def test_identifiers_are_checked_and_values_are_parameters() -> None:
     sql = search_sql("kb_facts")
     assert "$1" in sql and "$2" in sql and "'" not in sql
     assert vector_literal([1, 0.5]) == "[1.0,0.5]"
+    assert "::text" not in sql  # the vector is a binary parameter (pool codec)
     assert default_table("team-a", "facts") == "kb_team_a_facts"
     assert len(default_table("n" * 60, "k" * 50)) <= 48
 
@@ -365,3 +375,35 @@ def test_report_shows_retrieval_and_handoff() -> None:
     assert (handoff.mode, handoff.handoffs, handoff.tokens) == ("context", 2, 180)
     text = format_retrieval([row], [handoff])
     assert "facts" in text and "0.004000" in text and "180" in text
+
+
+def test_vectors_in_pgvector_binary_form() -> None:
+    # vector_send: uint16 dimensions, uint16 0, then big-endian float4s.
+    assert encode_vector([1.0, -2.0]) == bytes.fromhex("000200003f800000c0000000")
+    values = np.array([0.25, -1.5, 3.0], dtype=np.float32)
+    back = decode_vector(encode_vector(values))
+    assert back.dtype == np.float32 and back.tolist() == [0.25, -1.5, 3.0]
+    with pytest.raises(ValueError):
+        encode_vector(np.zeros((2, 2), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("AACAPwAAAMA=", [1.0, -2.0]),  # base64 of little-endian float32s
+        ([1, -2.0], [1.0, -2.0]),  # a server that ignores encoding_format
+        ("AACAPwA=", ValueError),  # 5 bytes: not float32s
+        ("not base64!", ValueError),
+        ("", ValueError),
+        (["1", 2], ValueError),
+        ([True], ValueError),
+        ({"x": 1}, ValueError),
+    ],
+)
+def test_embedding_items_base64_or_numbers(value: object, want: object) -> None:
+    if want is ValueError:
+        with pytest.raises(ValueError):
+            parse_embedding(value)
+    else:
+        got = parse_embedding(value)
+        assert got.dtype == np.float32 and got.tolist() == want

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
 from modelflock.retrieval.documents import Chunk, Document
 
@@ -42,6 +45,36 @@ def ident(table: str) -> str:
 def vector_literal(vector: Sequence[float]) -> str:
     """pgvector's text form, passed as a parameter ($n::text::vector)."""
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+_VECTOR_HEAD = struct.Struct(">HH")  # dimensions, unused
+
+
+def encode_vector(vector: Sequence[float] | npt.NDArray[np.float32]) -> bytes:
+    """pgvector's binary form: dimensions, 0, then big-endian float4s (vector_send)."""
+    values = np.asarray(vector, dtype=">f4")
+    if values.ndim != 1:
+        raise ValueError(f"a vector has one axis, got shape {values.shape}")
+    return _VECTOR_HEAD.pack(len(values), 0) + values.tobytes()
+
+
+def decode_vector(data: bytes) -> npt.NDArray[np.float32]:
+    dimensions, _ = _VECTOR_HEAD.unpack_from(data)
+    return np.frombuffer(data, dtype=">f4", count=dimensions, offset=4).astype(np.float32)
+
+
+async def use_binary_vectors(conn: asyncpg.Connection) -> None:
+    """Vectors go over the wire in pgvector's binary form (no text formatting or parsing: a
+    384-dim vector as text is ~8 kB of digits). Wherever the extension put its type."""
+    schema = await conn.fetchval(
+        "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+        " WHERE t.typname = 'vector' ORDER BY n.nspname = 'public' DESC LIMIT 1"
+    )
+    if schema is None:
+        raise asyncpg.UndefinedObjectError("type vector does not exist: CREATE EXTENSION vector")
+    await conn.set_type_codec(
+        "vector", schema=schema, encoder=encode_vector, decoder=decode_vector, format="binary"
+    )
 
 
 @dataclass(frozen=True)
@@ -223,16 +256,21 @@ def search_sql(table: str) -> str:
     t = ident(table)
     return (
         "SELECT doc_id, chunk, source, title, content,"
-        " 1 - (embedding <=> $1::text::vector) AS score"
-        f" FROM {t} ORDER BY embedding <=> $1::text::vector LIMIT $2"
+        " 1 - (embedding <=> $1) AS score"
+        f" FROM {t} ORDER BY embedding <=> $1 LIMIT $2"
     )
 
 
 async def search(
-    pool: asyncpg.Pool, table: str, vector: Sequence[float], top_k: int, seconds: float
+    pool: asyncpg.Pool,
+    table: str,
+    vector: Sequence[float] | npt.NDArray[np.float32],
+    top_k: int,
+    seconds: float,
 ) -> list[Passage]:
-    """The top_k nearest chunks (HNSW, cosine); raises on timeout or a store error."""
-    rows = await pool.fetch(search_sql(table), vector_literal(vector), top_k, timeout=seconds)
+    """The top_k nearest chunks (HNSW, cosine); raises on timeout or a store error. The
+    pool's connections send vectors in binary (`open_pool`)."""
+    rows = await pool.fetch(search_sql(table), vector, top_k, timeout=seconds)
     return [
         Passage(r["doc_id"], r["chunk"], r["source"], r["title"], r["content"], float(r["score"]))
         for r in rows
@@ -240,10 +278,11 @@ async def search(
 
 
 async def open_pool(info: ConnectionInfo, ef_search: int, seconds: float) -> asyncpg.Pool:
-    """A small read pool; each connection gets the HNSW search width and a statement
-    timeout (the server stops a query the client gave up on)."""
+    """A small read pool; each connection gets the HNSW search width, a statement timeout
+    (the server stops a query the client gave up on) and the binary vector codec, once."""
 
     async def setup(conn: asyncpg.Connection) -> None:
+        await use_binary_vectors(conn)
         await conn.execute(f"SET hnsw.ef_search = {int(ef_search)}")
         await conn.execute(f"SET statement_timeout = {max(1, int(seconds * 1000))}")
 

@@ -10,6 +10,8 @@ skipped for `retryAfterSeconds`, so a dead store costs requests nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import itertools
 import json
@@ -18,8 +20,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
 from modelflock.retrieval.store import ConnectionInfo, Passage, open_pool, search
 from modelflock.router.accounting import RouterMetrics
@@ -45,7 +50,27 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 Report = Callable[[str, bool, str], None]  # knowledge base, reachable, detail
+Vector = npt.NDArray[np.float32]
 _VECTOR_CACHE_SIZE = 4096
+
+
+def parse_embedding(value: Any) -> Vector:
+    """An OpenAI embedding item's vector: base64 of little-endian float32s (what the router
+    asks for: no JSON floats to print or parse) or a list of numbers (a server that ignores
+    `encoding_format`). ValueError for anything else."""
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"embedding is not base64: {exc}") from None
+        if not raw or len(raw) % 4:
+            raise ValueError(f"embedding of {len(raw)} bytes is not float32s")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if isinstance(value, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in value
+    ):
+        return np.asarray(value, dtype=np.float32)
+    raise ValueError("embedding is neither base64 nor a list of numbers")
 
 
 class StoreUnavailable(Exception):
@@ -77,8 +102,10 @@ class RetrievalStep:
         self._stores: dict[str, _Store] = {}
         # Recent query vectors (lookups repeat): (model, urls, text) → vector, least recent
         # first. A repeated query costs no embedding call.
-        self._vectors: OrderedDict[tuple[str, tuple[str, ...], str], list[float]] = OrderedDict()
+        self._vectors: OrderedDict[tuple[str, tuple[str, ...], str], Vector] = OrderedDict()
         self._ids = itertools.count(1)
+        # Embedding experts that refused encoding_format base64: asked for floats instead.
+        self._floats_only: set[str] = set()
 
     # ------------------------------------------------------------------ the store
 
@@ -111,7 +138,7 @@ class RetrievalStep:
             return store.pool
 
     async def _search(
-        self, pool: asyncpg.Pool, kb: KnowledgeBase, vector: list[float], top_k: int
+        self, pool: asyncpg.Pool, kb: KnowledgeBase, vector: Vector, top_k: int
     ) -> list[Passage]:
         seconds = kb.query_timeout_milliseconds / 1000
         try:
@@ -122,7 +149,7 @@ class RetrievalStep:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from None
 
-    async def _embed(self, job: Job, kb: KnowledgeBase) -> tuple[list[float], int]:
+    async def _embed(self, job: Job, kb: KnowledgeBase) -> tuple[Vector, int]:
         """The query's vector and the tokens paid for it (0 when it came from the cache)."""
         expert = job.state.experts[kb.expert]
         key = (expert.config.model, tuple(expert.config.urls), job.parsed.prompt)
@@ -136,17 +163,26 @@ class RetrievalStep:
             self._vectors.popitem(last=False)
         return vector, tokens
 
-    async def _embed_remote(self, job: Job, kb: KnowledgeBase) -> tuple[list[float], int]:
+    async def _embed_remote(self, job: Job, kb: KnowledgeBase) -> tuple[Vector, int]:
         expert = job.state.experts[kb.expert]
+        as_floats = expert.name in self._floats_only
         payload = {
             "model": expert.config.model,
             "input": [job.parsed.prompt],
-            "encoding_format": "float",
+            "encoding_format": "float" if as_floats else "base64",
         }
         try:
             async with asyncio.timeout(kb.embed_timeout_milliseconds / 1000):
-                body = await self.upstream.call_json(expert, "/embeddings", payload)
-            vector = [float(x) for x in body["data"][0]["embedding"]]
+                try:
+                    body = await self.upstream.call_json(expert, "/embeddings", payload)
+                except UpstreamFailure as exc:
+                    if as_floats or exc.status not in (400, 422):
+                        raise
+                    # An engine without base64 output: floats from now on.
+                    self._floats_only.add(expert.name)
+                    payload["encoding_format"] = "float"
+                    body = await self.upstream.call_json(expert, "/embeddings", payload)
+            vector = parse_embedding(body["data"][0]["embedding"])
         except (UpstreamFailure, TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
             detail = str(exc) or type(exc).__name__
             raise EmbeddingUnavailable(f"embedding the query failed: {detail}") from None

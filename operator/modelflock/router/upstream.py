@@ -21,10 +21,11 @@ _STATIC_CACHE_SIZE = 256
 class UpstreamFailure(Exception):
     """An attempt failed before any byte reached the client: fall back is allowed."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, status: int | None = None) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind  # connect | status | timeout | protocol
         self.detail = detail
+        self.status = status  # the expert's HTTP status, for kind "status"
 
 
 def is_failing_status(status: int) -> bool:
@@ -123,7 +124,7 @@ class Upstream:
         finally:
             self.outstanding.release(base)
         if resp.status != 200:
-            raise UpstreamFailure("status", f"HTTP {resp.status} from {expert.name}")
+            raise UpstreamFailure("status", f"HTTP {resp.status} from {expert.name}", resp.status)
         try:
             body = json.loads(raw)
         except ValueError:

@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="hash",
         help="/v1/embeddings: hashed bag of words, or all-MiniLM-L6-v2 on CPU (384 dims)",
     )
+    p.add_argument(
+        "--embedding-runtime",
+        choices=["onnx", "numpy"],
+        default="onnx",
+        help="minilm: onnxruntime (fast) or numpy (the reference implementation)",
+    )
+    p.add_argument("--embedding-threads", type=int, default=1, help="minilm: onnxruntime's threads")
     p.add_argument("--api-key-file", type=Path, help="require this bearer token")
     p.add_argument("--legacy-kv-metric", action="store_true")
     p.add_argument(
@@ -73,6 +80,8 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         instant=args.instant,
         embedding_dim=args.embedding_dim,
         embedding_model=args.embedding_model,
+        embedding_runtime=args.embedding_runtime,
+        embedding_threads=args.embedding_threads,
         api_key=key,
         legacy_kv_metric=args.legacy_kv_metric,
         behaviour=Behaviour(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelflock.sim.embedders import EmbeddingModel
+from modelflock.sim.embedders import EmbeddingModel, Runtime
 
 Flavour = Literal["vllm", "tgi"]
 
@@ -60,6 +60,10 @@ class SimSettings(BaseModel):
     embedding_model: EmbeddingModel = Field(
         default="hash", description="hash: hashed bag of words; minilm: all-MiniLM-L6-v2 on CPU"
     )
+    embedding_runtime: Runtime = Field(
+        default="onnx", description="minilm: onnx (onnxruntime) or numpy (the reference)"
+    )
+    embedding_threads: int = Field(default=1, ge=1, description="minilm: onnxruntime threads")
     api_key: str | None = Field(default=None, repr=False)
     legacy_kv_metric: bool = Field(
         default=False, description="vLLM: name the KV metric vllm:gpu_cache_usage_perc (old)"

@@ -45,7 +45,12 @@ class SimState:
             settings=settings,
             behaviour=settings.behaviour.model_copy(),
             queue=BatchQueue(settings.max_batch),
-            embedder=make_embedder(settings.embedding_model, settings.embedding_dim),
+            embedder=make_embedder(
+                settings.embedding_model,
+                settings.embedding_dim,
+                settings.embedding_runtime,
+                settings.embedding_threads,
+            ),
         )
 
     def gauges(self) -> Gauges:
