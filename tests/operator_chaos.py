@@ -26,7 +26,15 @@ from typing import Any
 
 from localcluster import LocalCluster
 
-from support import OperatorProcess, apply, condition, election_config, get_json, wait_for
+from support import (
+    OperatorProcess,
+    apply,
+    condition,
+    election_config,
+    first_traceback,
+    get_json,
+    wait_for,
+)
 
 FIXED = ("fixed-a", "fixed-b", "fixed-c")
 AUTOSCALED = "scaled"
@@ -327,11 +335,9 @@ class Chaos:
                 f"replicas {scaled['spec']['replicas']}"
             )
         for path in self.logs:
-            lines = path.read_text(errors="replace").splitlines()
-            starts = [i for i, line in enumerate(lines) if "Traceback" in line]
-            report.tracebacks += len(starts)
-            if starts and not report.first_traceback:
-                report.first_traceback = "\n".join(lines[max(0, starts[0] - 5) : starts[0] + 40])
+            text = path.read_text(errors="replace")
+            report.tracebacks += text.count("Traceback")
+            report.first_traceback = report.first_traceback or first_traceback(text)
         events = self._items("events")
         posted = Counter(
             (e["involvedObject"]["name"], e["reason"], e["message"])

@@ -34,6 +34,16 @@ def fresh_namespace(cluster: LocalCluster, name: str) -> Iterator[str]:
         cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
+def first_traceback(log: str, before: int = 5, after: int = 40) -> str:
+    """The first Python traceback in a log with the lines around it ("" when there is none):
+    what a failing assertion should show."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if "Traceback" in line), None)
+    if start is None:
+        return ""
+    return "\n".join(lines[max(0, start - before) : start + after])
+
+
 def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.25) -> T:
     """Poll until `probe()` returns something truthy; fail loudly with the last value."""
     deadline = time.monotonic() + timeout

@@ -131,6 +131,13 @@ DELETE = object()
 # (id, manifest, text the API server's message must contain)
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("wrong-engine", _with(VALID_EXPERT, "spec.engine", "llamacpp"), "spec.engine"),
+    # Found by the fuzz test: a malformed quantity used to reach the Deployment (SSA 500).
+    (
+        "bad-cpu-quantity",
+        _with(VALID_EXPERT, "spec.resources.cpu", "4 cores"),
+        "spec.resources.cpu",
+    ),
+    ("negative-memory", _with(VALID_EXPERT, "spec.resources.memory", -1), "spec.resources.memory"),
     (
         "min-above-max",
         _with(VALID_EXPERT, "spec.autoscaling.minReplicas", 3),

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from modelflock.api.crdgen import KINDS, crd, drifted_files, rendered_files
+from modelflock.api.modelexpert import QUANTITY_PATTERN
 from modelflock.api.schema import forbidden_keywords, untyped_nodes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +79,8 @@ def test_markers() -> None:
     assert resources["cpu"] == {
         "description": resources["cpu"]["description"],
         "x-kubernetes-int-or-string": True,
+        "minimum": 0,
+        "pattern": QUANTITY_PATTERN,
     }
     engine = expert["properties"]["spec"]["properties"]["engine"]
     assert engine["enum"] == ["vllm", "tgi", "external"] and engine["type"] == "string"

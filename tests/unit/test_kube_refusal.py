@@ -27,6 +27,12 @@ def error(status: int, message: str) -> ApiException:
             ".spec.template.spec.affinity.x: field not declared in schema",
             True,
         ),
+        (
+            500,
+            "failed to convert new object (ns/x; apps/v1, Kind=Deployment): quantities must "
+            "match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+            True,
+        ),
         (500, "etcdserver: request timed out", False),
         (503, "failed to create typed patch object", False),
         (409, "conflict", False),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from modelflock.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -26,6 +26,8 @@ MAX_NAME_LENGTH = 42
 Engine = Literal["vllm", "tgi", "external"]
 Quantization = Literal["none", "awq", "gptq", "fp8", "int8", "int4", "bitsandbytes", "eetq"]
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# A non-negative Kubernetes quantity, written as a number or a string ("500m", "32Gi").
+Quantity = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 # Default autoscaling settings; bench/autoscale_sim.py is how they were chosen.
 DEFAULT_TARGET_QUEUE_DEPTH = 2
 DEFAULT_SCALE_UP_STABILIZATION_SECONDS = 0
@@ -114,13 +116,13 @@ class GpuResources(ApiModel):
         le=64,
         description="GPUs per replica; also the default tensor-parallel size. 0 runs on CPU.",
     )
-    cpu: int | str | None = Field(
+    cpu: Quantity | None = Field(
         default=None,
-        description="CPU request and limit per replica, as a Kubernetes quantity.",
+        description="CPU request and limit per replica, as a Kubernetes quantity (e.g. 4, 500m).",
     )
-    memory: int | str | None = Field(
+    memory: Quantity | None = Field(
         default=None,
-        description="Memory request and limit per replica, as a Kubernetes quantity.",
+        description="Memory request and limit per replica, as a Kubernetes quantity (e.g. 32Gi).",
     )
 
 

@@ -47,7 +47,10 @@ def _rewrite(node: Schema, defs: dict[str, Schema]) -> Schema:
         if len(options) == 1:
             node = {**options[0], **rest}
         elif [{"type": o.get("type")} for o in options] == _INT_OR_STRING:
-            node = {**rest, "x-kubernetes-int-or-string": True}
+            # The integer's bounds and the string's pattern both hold (the API server checks
+            # each keyword only against values of its type, as for core's resource.Quantity).
+            kept = {k: v for o in options for k, v in o.items() if k != "type"}
+            node = {**kept, **rest, "x-kubernetes-int-or-string": True}
         else:
             raise ValueError(f"cannot express anyOf {options!r} in a structural schema")
     out: Schema = {}

@@ -249,6 +249,10 @@ def api_error_message(error: Exception) -> str:
     return str(error)
 
 
+# Server-side apply's 500 messages for objects that cannot be typed or converted: final.
+SCHEMA_REFUSALS_AS_500 = ("failed to create typed patch object", "failed to convert new object")
+
+
 def refusal_message(error: Exception) -> str | None:
     """The API server's message when it refused a request as invalid (HTTP 400 or 422): the
     object we sent is wrong, so retrying the same request cannot help. None otherwise."""
@@ -257,8 +261,9 @@ def refusal_message(error: Exception) -> str | None:
         return api_error_message(error)
     if status == 500:
         # Server-side apply answers 500 when the object does not fit the schema (e.g. an unknown
-        # field in an affinity passed through from a ModelExpert): as final as a 422.
+        # field in an affinity passed through from a ModelExpert, or a malformed quantity): as
+        # final as a 422.
         message = api_error_message(error)
-        if "failed to create typed patch object" in message:
+        if any(marker in message for marker in SCHEMA_REFUSALS_AS_500):
             return message
     return None

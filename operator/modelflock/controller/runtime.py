@@ -119,6 +119,24 @@ class LeaderLabel:
         self.value = leader
 
 
+def log_kopf_stream_close_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The term's event-loop exception handler. When a term stops, `asyncio.run` closes the
+    async generators still open; a kopf watch stream caught mid-event may fail to close
+    ("an error occurred during closing of asynchronous generator"). The term is ending and
+    the stream with it, so that is one warning line, not a traceback; everything else goes
+    to asyncio's default handler."""
+    agen = context.get("asyncgen")
+    code = getattr(agen, "ag_code", None)
+    if code is not None and f"{os.sep}kopf{os.sep}" in code.co_filename:
+        log.warning(
+            "kopf's %s did not close cleanly as the controllers stopped: %r",
+            getattr(agen, "__qualname__", "stream"),
+            context.get("exception"),
+        )
+        return
+    loop.default_exception_handler(context)
+
+
 class Term:
     """The controllers (kopf + flock API + webhook) in a thread of their own, while leading."""
 
@@ -167,6 +185,7 @@ class Term:
             loop.call_soon_threadsafe(ctx.trigger_all)
 
         remove = self.outage.add_listener(resume)
+        loop.set_exception_handler(log_kopf_stream_close_errors)
         webhook = None
         if options.webhook_cert_dir is not None:
             ctx.readiness_listeners = (

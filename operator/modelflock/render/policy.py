@@ -360,7 +360,11 @@ def retrieval_condition(
         if ready is None or ready.status != "True":
             reason = ready.reason if ready is not None else "NotIngested"
             detail = ready.message if ready is not None else "not ingested yet"
-            return False, reason, f"KnowledgeBase {name}: {detail}"
+            return (
+                False,
+                reason,
+                f"KnowledgeBase {name}: {detail}; requests fall through to the routes' experts",
+            )
     down = sorted((n, r) for n, r in reports.items() if not r.reachable and n in knowledge_bases)
     if down:
         text = "; ".join(f"{n}: {r.detail} (since {r.at:%Y-%m-%dT%H:%M:%SZ})" for n, r in down)
