@@ -555,6 +555,13 @@ class Portfolio:
                 return float(line.rsplit(" ", 1)[1]) > 0
         return False
 
+    def frontier_chats(self) -> list[dict[str, Any]]:
+        """The last chat requests the simulated frontier received, as the router sent them."""
+        url = f"http://127.0.0.1:{self.frontier_port}/sim/chats"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            chats: list[dict[str, Any]] = json.load(response)["chats"]
+            return chats
+
     def router_metrics(self) -> str:
         base = self.router_url.removesuffix("/v1")
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:

@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -53,6 +54,38 @@ def experts_table(portfolio: Portfolio) -> list[str]:
             f"  {status.get('lastScaleReason', '')}"
         )
     return lines
+
+
+def handoff_lines(
+    record: workload.Record | None, received: list[dict[str, Any]], prompt: str
+) -> tuple[list[str], bool]:
+    """The hard lookup's way through the cascade and what the frontier received with it;
+    False when it did not escalate with a handoff."""
+    if record is None or record.status != 200:
+        return [f"  hard question on the lookup route: failed ({record})"], False
+    sent = next(
+        (c for c in reversed(received) if (c.get("messages") or [{}])[-1].get("content") == prompt),
+        None,
+    )
+    system = [
+        str(m.get("content", ""))
+        for m in (sent or {}).get("messages", [])
+        if m.get("role") == "system"
+    ]
+    lines = [
+        f"  hard question on the lookup route: retrieval {record.retrieval or '-'}"
+        f" (best score {record.retrieval_score or '-'}), {record.escalations} escalation(s),"
+        f" answered by {record.expert}",
+    ]
+    if system:
+        handed = " ".join(system[-1].split())
+        lines.append(
+            f"  the frontier received with it: {handed[:300]}{'…' if len(handed) > 300 else ''}"
+        )
+    ok = record.escalations > 0 and bool(system)
+    if not ok:
+        lines.append("  expected an escalation with a handoff to the frontier: there was none")
+    return lines, ok
 
 
 def knowledge_base_lines(
@@ -122,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         records += workload.run(portfolio.router_url, jobs[half:], 6, "mixed (2/2)")
         portfolio.fleet.revive_expert("summarize-tgi")
 
+        (hard_prompt,) = workload.PROMPTS["hard-lookup"]
+        say("a hard question on the lookup route: the knowledge base cannot answer it alone")
+        hard = workload.run(portfolio.router_url, [("hard-lookup", hard_prompt)], 1, "hard lookup")
+        records += hard
+        hard_lines, handed_off = handoff_lines(hard[0], portfolio.frontier_chats(), hard_prompt)
+
         say("writer-70b was woken by the first writing requests (they fell back meanwhile)")
         wait_for(lambda: portfolio.ready_replicas("writer-70b") > 0, "writer-70b awake", 120)
         time.sleep(2)  # the router's next discovery poll sees the new replica
@@ -168,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== Retrieval and handoff (modelflock report)")
         print("\n".join("  " + line for line in format_retrieval(retrieval, handoffs).splitlines()))
         print("\n".join(knowledge_base_lines(portfolio, records, handoffs)))
+        print("\n".join(hard_lines))
         overall = total(rows)
         print(
             f"\n  {overall.requests:.0f} requests cost ${overall.cost:.6f}"
@@ -185,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'' if not failed else '; failures: ' + str(sorted({r.error for r in failed})[:3])}"
         )
         print(f"\nlogs and state: {workdir}")
-        return 0 if not failed else 1
+        return 0 if not failed and handed_off else 1
     except KeyboardInterrupt:
         say("interrupted")
         return 130

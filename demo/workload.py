@@ -44,6 +44,14 @@ PROMPTS: dict[str, list[str]] = {
         "[hard] Prove step by step that the square root of two is irrational.",
         "[hard] Plan a three-phase migration of a payments database with zero downtime.",
     ],
+    # A hard question on the lookup route (the rules' "capital of"): the knowledge base has
+    # related passages but none close enough to answer (best ~0.44 < minScore 0.6), the small
+    # model refuses "[hard]" prompts, so the cascade escalates and hands the frontier the
+    # passages and the draft (handoff: context).
+    "hard-lookup": [
+        "[hard] Compare the capital of France with the capital of Japan as places to found a"
+        " university, weighing history and cost."
+    ],
 }
 
 
@@ -61,6 +69,8 @@ class Record:
     completion_tokens: int
     seconds: float
     error: str = ""
+    retrieval: str = ""  # x-modelflock-retrieval: hit, miss, unavailable (or none)
+    retrieval_score: str = ""
 
 
 def send(client: openai.OpenAI, kind: str, prompt: str) -> Record:
@@ -103,6 +113,8 @@ def send(client: openai.OpenAI, kind: str, prompt: str) -> Record:
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
         seconds=time.monotonic() - started,
+        retrieval=headers.get("x-modelflock-retrieval", ""),
+        retrieval_score=headers.get("x-modelflock-retrieval-score", ""),
     )
 
 

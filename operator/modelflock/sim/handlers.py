@@ -280,6 +280,11 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
     return _json(dict(vars(stats)))
 
 
+async def get_chats(request: web.Request) -> web.StreamResponse:
+    """The last chat requests as received (what a router sent: context, handoff, ...)."""
+    return _json({"chats": list(request.app[SIM_STATE].recent_chats)})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -290,3 +295,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/sim/behaviour", get_behaviour)
     app.router.add_post("/sim/behaviour", set_behaviour)
     app.router.add_get("/sim/stats", get_stats)
+    app.router.add_get("/sim/chats", get_chats)
