@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from modelflock.retrieval.documents import Document
 from modelflock.retrieval.embedder import Embedder
@@ -65,6 +66,7 @@ async def retrieval_router(
     min_score: str = "0.5",
     handoff: str | None = None,
     table: str = "kb_router_facts",
+    embed_url: str | None = None,
 ) -> RouterServer:
     await fill(pg, minilm, table)
     await flock.sim("small", behaviour={"mode": "truncate" if handoff else "ok"})
@@ -84,7 +86,7 @@ async def retrieval_router(
                 flock.expert("big", prices={"inputPerMillion": "3", "outputPerMillion": "15"}),
                 {
                     "name": "embed",
-                    "urls": [minilm],
+                    "urls": [embed_url or minilm],
                     "model": MINILM_MODEL,
                     "capabilities": ["embed"],
                     "prices": {"inputPerMillion": "0.02"},
@@ -210,6 +212,46 @@ async def test_handoff_gives_the_bigger_expert_the_draft_and_passages(
     text = await metrics_text(await flock.http(), router)
     assert metric(text, "modelflock_router_handoffs_total", mode="context") == 1
     assert metric(text, "modelflock_router_handoff_tokens_total") > 0
+
+
+async def test_an_embedder_without_base64_gets_floats(
+    flock: Flock, postgres: LocalPostgres, minilm_server: str, tmp_path: Path
+) -> None:
+    # The router asks for base64 vectors; an engine that refuses them (400) is asked for
+    # floats, and from then on only for floats.
+    asked: list[str] = []
+
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        asked.append(body.get("encoding_format", ""))
+        if body.get("encoding_format") == "base64":
+            return web.json_response({"error": {"message": "unsupported"}}, status=400)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{minilm_server}/v1/embeddings", json=body) as resp,
+        ):
+            return web.json_response(await resp.json(), status=resp.status)
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        router = await retrieval_router(
+            flock, postgres, minilm_server, tmp_path, "answer", embed_url=f"http://127.0.0.1:{port}"
+        )
+        client = flock.client(router)
+        for question in (QUESTION, "At what temperature does water boil?"):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": question}]
+            )
+            assert raw.headers["x-modelflock-retrieval"] == "hit"
+        assert asked == ["base64", "float", "float"]
+    finally:
+        await runner.cleanup()
 
 
 async def test_store_stopped_fails_no_request(
