@@ -923,3 +923,49 @@ def test_plain_manifests_content() -> None:
     assert "Pod" not in found  # the `helm test` hook is not a GitOps object
     assert {"Certificate", "Issuer", "MutatingWebhookConfiguration", "Deployment"} <= set(found)
     assert found.count("CustomResourceDefinition") == 3
+
+
+# ---- the bundled pgvector (off by default) ---------------------------------------------------
+
+
+def test_bundled_pgvector(default_docs: list[dict[str, Any]], helm_env: dict[str, str]) -> None:
+    assert not [d for d in default_docs if "pgvector" in d["metadata"]["name"]]
+    docs = render(
+        helm_env, "--set", "pgvector.enabled=true", "--set", "pgvector.auth.secretName=pg-auth"
+    )
+    service = one(docs, "Service", "modelflock-pgvector")
+    assert service["spec"]["ports"][0]["port"] == 5432
+    stateful = one(docs, "StatefulSet", "modelflock-pgvector")
+    assert stateful["spec"]["replicas"] == 1
+    assert (
+        stateful["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
+    )
+    pod = stateful["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["image"] == "pgvector/pgvector:pg16"
+    env = {e["name"]: e for e in container["env"]}
+    # Passwords only from the Secret, never in the rendered objects.
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "pg-auth",
+        "key": "password",
+    }
+    assert env["READER_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "readerPassword"
+    assert env["POSTGRES_DB"]["value"] == "modelflock"
+    assert env["READER_USER"]["value"] == "modelflock_reader"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["init"] == "/docker-entrypoint-initdb.d"
+    [claim] = stateful["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    script = one(docs, "ConfigMap", "modelflock-pgvector-init")["data"]["10-modelflock.sh"]
+    for statement in (
+        "CREATE EXTENSION IF NOT EXISTS vector;",
+        """CREATE ROLE :"reader" LOGIN PASSWORD :'reader_password';""",
+        "GRANT USAGE ON SCHEMA public TO",
+    ):
+        assert statement in script
+    # A Secret is required; names must be SQL identifiers.
+    failed = template_failure(helm_env, "--set", "pgvector.enabled=true")
+    assert "pgvector.auth.secretName is required" in failed
+    failed = template_failure(helm_env, "--set", "pgvector.auth.readerUsername=x; drop")
+    assert "values don't meet the specifications of the schema" in failed
