@@ -91,7 +91,7 @@ def test_classify_scores_a_policy_file_through_the_router_code(
     assert "== rules: accuracy 66.7% (2/3), hard subset 100.0% (1/1)" in out
     assert "== rules+embedding: accuracy 100.0% (3/3)" in out
     assert "decided by: embedding 2, rules 1" in out
-    assert "embedding: 6 examples embedded" in out and "leave-one-out accuracy" in out
+    assert "embedding: 6 examples embedded" in out and "held-out accuracy" in out
     assert "<- suggested" in out
     gate = classify(tmp_path, minilm_server, policy(), "--json", "--min-accuracy", "1.01")
     assert gate.returncode == 1 and "below --min-accuracy" in gate.stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -122,14 +123,17 @@ def test_separable_examples_do_not_make_the_confidence_absolute() -> None:
     assert index.best([1.0, 0.05, 0.05])[1] < 0.95  # four examples cannot justify certainty
 
 
-def test_calibrated_probabilities_match_held_out_accuracy() -> None:
+@pytest.mark.parametrize("method", ["knn", "centroid", "head"])
+def test_calibrated_probabilities_match_held_out_accuracy(method: str) -> None:
     _, pairs = clusters(seed=2, per=30, spread=1.6)
-    index = build_index(pairs)
+    index = build_index(pairs, method)  # type: ignore[arg-type]
     c = index.calibration
     assert c.calibrated and c.examples == 120
     assert 0.5 < c.held_out_accuracy < 1.0  # overlapping clusters: a real test of calibration
     assert c.calibration_error < 0.12
-    # What calibration buys: at a fixed, unfitted scale the same scores are far off.
+    if method == "head":
+        return  # logits, not similarities: no fixed scale to compare with
+    # What calibration buys: at a fixed, unfitted scale the same similarities are far off.
     held_out = index.scorer.held_out_scores()
     truth = index.scorer.examples.owners
     assert expected_calibration_error(softmax(held_out, 1.0), truth) > 0.4
@@ -217,9 +221,16 @@ async def test_examples_are_embedded_in_batches_and_reused_by_the_next_version()
     assert not again.ready
     await again.prepare()
     assert embed.calls == [["a brand new example"]]
-    # Unchanged examples: ready at once, nothing embedded.
-    same = EmbeddingStage(changed, embed, "m", 0.5, 1.0, known=again.vectors)
-    assert same.ready and len(embed.calls) == 1
+    # Unchanged examples: ready at once with the previous version's index, nothing embedded.
+    same = EmbeddingStage(changed, embed, "m", 0.5, 1.0, known=again.vectors, fitted=again.fitted())
+    assert same.ready and same.index is again.index and len(embed.calls) == 1
+    # The vectors without the index (another scorer): nothing to embed, only a fit.
+    refit = EmbeddingStage(
+        changed, embed, "m", 0.5, 1.0, known=again.vectors, method="knn", fitted=again.fitted()
+    )
+    assert not refit.ready
+    await refit.prepare()
+    assert refit.ready and len(embed.calls) == 1
     # Another embedding model: nothing can be re-used.
     other = EmbeddingStage(changed, embed, "other-model", 0.5, 1.0, known=again.vectors)
     assert not other.ready
@@ -287,3 +298,30 @@ def test_the_per_request_path_agrees_with_the_batch_path(method: str) -> None:
         label, p = index.best(query)
         assert label == index.labels[int(probs.argmax())]
         assert p == pytest.approx(float(probs.max()), rel=1e-5)
+
+
+async def test_the_index_is_fitted_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fitting hundreds of examples takes a second or more: requests are answered meanwhile
+    (warming), the loop is not blocked."""
+    import modelflock.router.classify.embedding as embedding
+
+    release = threading.Event()
+    fitting = threading.Event()
+    real = embedding.build_index
+
+    def slow_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fitting.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "build_index", slow_fit)
+    stage = EmbeddingStage(EXAMPLES, Embedder(), "m", min_confidence=0.0, timeout=1.0)
+    preparing = asyncio.create_task(stage.prepare())
+    # The loop keeps turning while the fit holds its thread (on the loop, it would hang here).
+    assert await asyncio.wait_for(asyncio.to_thread(fitting.wait, 30), 30)
+    with pytest.raises(StageFailure) as failure:
+        await stage.decide(f("debug this code"))
+    assert failure.value.reason == "warming"
+    release.set()
+    await asyncio.wait_for(preparing, 30)
+    assert (await stage.decide(f("debug this code"))).intent == "code"

@@ -127,7 +127,7 @@ class ClassifierStage(ApiModel):
         pattern=DECIMAL_PATTERN,
         description="Embedding stage: decide only when the calibrated probability that the"
         ' best intent is right is at least this (quoted decimal, e.g. "0.6"). The scale is'
-        " fitted to the embedding model when the policy loads (leave-one-out on the policy's"
+        " fitted to the embedding model when the policy loads (held-out scores of the policy's"
         " own examples), so one value means the same for every embedding model. Below it the"
         " stage is unsure and the next stage decides.",
     )

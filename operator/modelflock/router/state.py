@@ -162,8 +162,7 @@ async def _prepare(
         if index is not None:
             c = index.calibration
             log.info(
-                "intent examples embedded: %d examples, leave-one-out accuracy %.3f,"
-                " temperature %.4f%s",
+                "intent examples embedded: %d examples, held-out accuracy %.3f, temperature %.4f%s",
                 c.examples,
                 c.held_out_accuracy,
                 c.temperature,

@@ -8,29 +8,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelflock.router.classify.cache import Vector, VectorCache
+from modelflock.router.classify.calibrate import IntentIndex
 from modelflock.router.classify.chain import ClassifierChain, RulesStage, Stage
 from modelflock.router.classify.embedding import EmbeddingStage
 from modelflock.router.classify.llm import LlmStage, answer_text, label_request
 from modelflock.router.classify.rules import compile_rules
-from modelflock.router.classify.scoring import Method
+from modelflock.router.classify.scoring import DEFAULT_METHOD, Method
 from modelflock.router.config import RouterConfig
 from modelflock.router.upstream import ExpertRuntime, Upstream
 
 
 @dataclass
 class ClassifierMemory:
-    """What outlives a config version: prompt vectors (LRU) and example vectors by hash."""
+    """What outlives a config version: prompt vectors (LRU), example vectors by hash and the
+    fitted indexes by the fingerprint of their examples."""
 
     prompts: VectorCache = field(default_factory=VectorCache)
     examples: dict[bytes, Vector] = field(default_factory=dict)
+    indexes: dict[bytes, IntentIndex] = field(default_factory=dict)
 
     def remember(self, chain: ClassifierChain) -> None:
-        """Keep exactly the example vectors the given chain uses (bounded by its examples)."""
+        """Keep exactly what the given chain uses (bounded by its examples)."""
         kept: dict[bytes, Vector] = {}
+        indexes: dict[bytes, IntentIndex] = {}
         for stage in chain.stages:
             if isinstance(stage, EmbeddingStage):
                 kept.update(stage.vectors)
+                indexes.update(stage.fitted())
         self.examples = kept
+        self.indexes = indexes
 
 
 def examples_of(config: RouterConfig) -> list[tuple[str, str]]:
@@ -71,7 +77,7 @@ def build_chain(
     experts: Mapping[str, ExpertRuntime],
     upstream: Upstream,
     memory: ClassifierMemory,
-    method: Method = "centroid",
+    method: Method = DEFAULT_METHOD,
 ) -> ClassifierChain:
     intents = config.classifier.intents
     stages: list[Stage] = []
@@ -91,6 +97,7 @@ def build_chain(
                     cache=memory.prompts,
                     known=memory.examples,
                     method=method,
+                    fitted=memory.indexes,
                 )
             )
         else:

@@ -4,7 +4,7 @@ Raw cosine similarities live on a scale of their own per model (MiniLM's paraphr
 0.3-0.6, bge's 0.7-0.9), so a fixed similarity threshold means something different for each.
 Instead the stage turns each intent's score into a probability, softmax(scores / T), where the
 temperature T is fitted when the config loads, on the policy's own examples: every example is
-scored by the others (leave-one-out) and T minimises the negative log-likelihood of their
+scored by the others (leave-one-out; k-fold for the linear head) and T minimises the negative log-likelihood of their
 true intents. `minConfidence` is then a probability of being right, whatever the model.
 """
 
@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from modelflock.router.classify.scoring import (
     DEFAULT_K,
+    DEFAULT_METHOD,
     Method,
     Scorer,
     Scores,
@@ -137,7 +138,7 @@ class IntentIndex:
 
     def best(self, vector: npt.ArrayLike) -> tuple[str, float]:
         """The most probable intent of one prompt vector and its probability (the per-request
-        path: one matrix-vector product for centroids, the softmax over a handful of intents
+        path: one matrix-vector product for centroids or the head, the softmax over a handful of intents
         in plain Python, which beats numpy's per-call overhead at this size)."""
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         norm = float(np.sqrt(query @ query)) or 1.0
@@ -145,6 +146,9 @@ class IntentIndex:
         if fitted.method == "centroid" and fitted.centroids is not None:
             raw = (fitted.centroids @ query).tolist()
             scores = [s / norm for s in raw]
+        elif fitted.method == "head" and fitted.head is not None:
+            logits = (query @ fitted.head.weights).tolist()
+            scores = [s / norm + b for s, b in zip(logits, fitted.head.bias.tolist(), strict=True)]
         else:
             scores = fitted.scores((query / norm)[None, :])[0].tolist()
         temperature = self.calibration.temperature
@@ -155,8 +159,10 @@ class IntentIndex:
 
 
 def build_index(
-    pairs: Sequence[tuple[str, npt.ArrayLike]], method: Method = "knn", k: int = DEFAULT_K
+    pairs: Sequence[tuple[str, npt.ArrayLike]],
+    method: Method = DEFAULT_METHOD,
+    k: int = DEFAULT_K,
 ) -> IntentIndex:
-    """Group the example vectors, fit the scorer, calibrate it leave-one-out."""
+    """Group the example vectors, fit the scorer, calibrate it on held-out scores."""
     fitted = scorer(example_set(pairs), method, k)
     return IntentIndex(fitted, calibrate(fitted))

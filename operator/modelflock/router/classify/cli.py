@@ -136,14 +136,14 @@ async def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
                     c = stage.index.calibration
                     entry["calibration"] = {
                         "examples": c.examples,
-                        "leaveOneOutAccuracy": round(c.held_out_accuracy, 4),
+                        "heldOutAccuracy": round(c.held_out_accuracy, 4),
                         "temperature": c.temperature,
                         "calibrationError": round(c.calibration_error, 4),
                         "calibrated": c.calibrated,
                     }
                     lines.append(
                         f"   embedding: {c.examples} examples embedded in {warm:.1f}s;"
-                        f" leave-one-out accuracy {c.held_out_accuracy:.1%}, temperature"
+                        f" held-out accuracy {c.held_out_accuracy:.1%}, temperature"
                         f" {c.temperature:.4f}, calibration error {c.calibration_error:.3f}"
                         + ("" if c.calibrated else " (too few examples: uncalibrated)")
                     )

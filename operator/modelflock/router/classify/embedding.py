@@ -2,23 +2,26 @@
 calibrated probability (calibrate.py) compared with `minConfidence`.
 
 Example vectors are computed once per config version, in the background, in batches, and
-re-used by the next version for every example text it keeps. Until they are ready the stage
-does not wait: it reports `warming` (a stage failure, visible in headers, metrics and the
-policy status) and the next stage decides. Prompt vectors go through a bounded LRU.
+re-used by the next version for every example text it keeps; the index (scorer and
+calibration) is then fitted in a worker thread, off the event loop, and re-used as it is by a
+version with the same examples. Until it is ready the stage does not wait: it reports
+`warming` (a stage failure, visible in headers, metrics and the policy status) and the next
+stage decides. Prompt vectors go through a bounded LRU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
 from modelflock.router.classify.cache import Vector, VectorCache, vector_key
 from modelflock.router.classify.calibrate import IntentIndex, build_index
 from modelflock.router.classify.features import Features, StageFailure, Verdict
-from modelflock.router.classify.scoring import Method
+from modelflock.router.classify.scoring import DEFAULT_METHOD, Method
 
 EmbedFn = Callable[[list[str]], Awaitable[list[list[float]]]]
 
@@ -71,8 +74,9 @@ class EmbeddingStage:
         min_confidence: float,
         timeout: float,
         cache: VectorCache | None = None,
-        known: dict[bytes, Vector] | None = None,
-        method: Method = "centroid",
+        known: Mapping[bytes, Vector] | None = None,
+        method: Method = DEFAULT_METHOD,
+        fitted: Mapping[bytes, IntentIndex] | None = None,
     ) -> None:
         self.examples = list(examples)
         self._embed = embed
@@ -86,26 +90,26 @@ class EmbeddingStage:
         self.vectors: dict[bytes, Vector] = {
             k: known[k] for k in self._keys if known is not None and k in known
         }
-        self.index: IntentIndex | None = None
+        # The examples, their intents and the scorer: what the fitted index depends on.
+        digest = hashlib.sha256(method.encode())
+        for (intent, _), key in zip(self.examples, self._keys, strict=True):
+            digest.update(intent.encode() + b"\0" + key)
+        self.fingerprint = digest.digest()
+        # A reload that kept the examples: the previous version's index, ready at once.
+        self.index: IntentIndex | None = (fitted or {}).get(self.fingerprint)
         self._lock = asyncio.Lock()
-        if len(self.vectors) == len(set(self._keys)):
-            self._build()  # nothing to embed: ready at once (a reload that kept the examples)
 
     @property
     def ready(self) -> bool:
         return self.index is not None
 
-    def _build(self) -> None:
-        if not self.examples:
-            return
-        pairs = [
-            (intent, self.vectors[k])
-            for (intent, _), k in zip(self.examples, self._keys, strict=True)
-        ]
-        self.index = build_index(pairs, self.method)
+    def fitted(self) -> dict[bytes, IntentIndex]:
+        """The fitted index by fingerprint, for the next config version (empty: not ready)."""
+        return {} if self.index is None else {self.fingerprint: self.index}
 
     async def prepare(self) -> IntentIndex | None:
-        """Embed the examples not embedded yet, then fit and calibrate the index."""
+        """Embed the examples not embedded yet, then fit and calibrate the index in a worker
+        thread (a second or more for hundreds of examples: not on the event loop)."""
         async with self._lock:
             if self.index is not None or not self.examples:
                 return self.index
@@ -121,7 +125,11 @@ class EmbeddingStage:
                 batch = checked_vectors(raw, len(texts[start : start + BATCH]), dim)
                 dim = batch[0].size
                 self.vectors.update(zip(keys[start : start + BATCH], batch, strict=True))
-            self._build()
+            pairs = [
+                (intent, self.vectors[k])
+                for (intent, _), k in zip(self.examples, self._keys, strict=True)
+            ]
+            self.index = await asyncio.to_thread(build_index, pairs, self.method)
             return self.index
 
     async def prompt_vector(self, text: str) -> Vector:

@@ -21,6 +21,9 @@ Vectors = npt.NDArray[np.float32]
 Scores = npt.NDArray[np.float64]
 Method = Literal["knn", "centroid", "head"]
 METHODS: tuple[Method, ...] = ("knn", "centroid", "head")
+# What the embedding stage uses: the most accurate held out on the example policy's data
+# (docs/router.md, "Which scorer"; bench/classifier_eval.py --scorers).
+DEFAULT_METHOD: Method = "head"
 DEFAULT_K = 3
 _FLOOR = -1.0  # cosine lower bound: the score of an intent with no usable example
 
@@ -139,27 +142,42 @@ class Head:
     bias: npt.NDArray[np.float64]  # (intents,)
 
 
+# The head's fit: an L2 penalty small enough to let it use the examples, and enough
+# Nesterov steps to converge (plain gradient descent stopped at 300 steps left it
+# under-fitted: 85 % against 89 % held out on the example policy's 485 examples).
+HEAD_L2 = 1e-4
+HEAD_STEPS = 250
+
+
 def train_head(
     vectors: Vectors,
     owners: npt.NDArray[np.int64],
     classes: int,
-    l2: float = 1e-3,
-    steps: int = 300,
+    l2: float = HEAD_L2,
+    steps: int = HEAD_STEPS,
     rate: float = 2.0,
+    momentum: float = 0.9,
 ) -> Head:
-    """Full-batch gradient descent on the cross-entropy with an L2 penalty (deterministic)."""
+    """Full-batch Nesterov-accelerated gradient descent on the cross-entropy with an L2
+    penalty (deterministic; unit-length inputs keep the step size safe)."""
     x = vectors.astype(np.float64)
     onehot = np.eye(classes)[owners]
     weights = np.zeros((x.shape[1], classes))
     bias = np.zeros(classes)
+    step_w = np.zeros_like(weights)
+    step_b = np.zeros_like(bias)
     for _ in range(steps):
-        logits = x @ weights + bias
+        ahead_w = weights + momentum * step_w
+        ahead_b = bias + momentum * step_b
+        logits = x @ ahead_w + ahead_b
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
         error = (probs - onehot) / len(x)
-        weights -= rate * (x.T @ error + l2 * weights)
-        bias -= rate * error.sum(axis=0)
+        step_w = momentum * step_w - rate * (x.T @ error + l2 * ahead_w)
+        step_b = momentum * step_b - rate * error.sum(axis=0)
+        weights += step_w
+        bias += step_b
     return Head(weights, bias)
 
 
@@ -187,7 +205,7 @@ class Scorer:
     """What the embedding stage keeps per config version: examples and how to score them."""
 
     examples: ExampleSet
-    method: Method = "knn"
+    method: Method = DEFAULT_METHOD
     k: int = DEFAULT_K
     head: Head | None = None
     centroids: Vectors | None = None  # computed once per config version (method centroid)
@@ -210,7 +228,7 @@ class Scorer:
         return head_scores_kfold(self.examples)
 
 
-def scorer(examples: ExampleSet, method: Method = "knn", k: int = DEFAULT_K) -> Scorer:
+def scorer(examples: ExampleSet, method: Method = DEFAULT_METHOD, k: int = DEFAULT_K) -> Scorer:
     head = None
     if method == "head":
         head = train_head(examples.vectors, examples.owners, len(examples.labels))
