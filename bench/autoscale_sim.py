@@ -316,10 +316,11 @@ def assemble(case: Case, payloads: dict[Unit, Payload]) -> CaseResult:
     replay: list[Result] = []
     for unit in case_units(case):
         payload = payloads[unit]
-        if isinstance(payload, Result):
-            results.append(payload)
-        else:
+        # (A run pickled by the script itself is a __main__.Result: test the bound's shape.)
+        if isinstance(payload, tuple):
             plans, replay = payload[0], [payload[1]]
+        else:
+            results.append(payload)
     return CaseResult(
         case, workload.predictable, workload.load_changes, tuple(results + replay), plans
     )

@@ -156,6 +156,121 @@ def test_rates_need_every_pods_counter() -> None:
     assert d.memory.arrival_rate is None and d.memory.counters_at is None
 
 
+@dataclass(frozen=True)
+class PodSetCase:
+    name: str
+    before: tuple[str, ...]  # pods whose counters the previous tick kept
+    now: list[tuple[float, float, float]]  # pods a, b, ... now: (waiting, running, done)
+    in_flight_before: float
+    arrival_after: float
+
+
+POD_SETS = [
+    # Same pods: 10/s done, in flight 20 -> 40 over 10 s: 12/s, smoothed 6 -> 12 (alpha 2/3).
+    PodSetCase("same pods measure", ("a", "b"), [(10, 10, 150), (10, 10, 150)], 20.0, 10.0),
+    # A third pod became ready with 300 requests the router moved onto it (or that a lagging
+    # scrape had shown as 0): that is no arrival; the estimate is kept, the reference reset.
+    PodSetCase(
+        "a new pod restarts", ("a", "b"), [(10, 10, 150), (10, 10, 150), (290, 10, 0)], 20.0, 6.0
+    ),
+    # The first pods after the routers held everything: the held requests moved onto them.
+    PodSetCase("first pods after zero", (), [(400, 10, 0)], 400.0, 6.0),
+    # A pod went away and handed its queue back: kept too.
+    PodSetCase("a pod left", ("a", "b", "c"), [(40, 10, 150), (10, 10, 150)], 20.0, 6.0),
+]
+
+
+@pytest.mark.parametrize("case", POD_SETS, ids=lambda c: c.name)
+def test_arrival_rate_restarts_when_the_pods_change(case: PodSetCase) -> None:
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=tuple((n, 100.0) for n in case.before),
+        counters_at=990.0,
+        in_flight=case.in_flight_before,
+        arrival_rate=6.0,
+        replica_rate=5.0,
+    )
+    d = decide(policy(), counted(1000.0, case.now), memory)
+    assert d.memory.arrival_rate == pytest.approx(case.arrival_after)
+    # Either way the next tick measures from here.
+    assert d.memory.counters_at == 1000.0
+    assert d.memory.in_flight == pytest.approx(sum(w + r for w, r, _ in case.now))
+
+
+@dataclass(frozen=True)
+class DrainCase:
+    name: str
+    waiting_each: float  # on each of the 6 ready pods (10 running each, c = 10)
+    arrival_rate: float  # requests/s; a request runs 10 / 5 = 2 s in a full batch
+    recommendation: int  # what the load asks for now
+    remembered: int  # what the scale-down window keeps from this tick
+
+
+DRAINS = [
+    # 6 x 12 waiting is a backlog (over 2 per replica): 132 in flight + sqrt = 143.5 slots
+    # ask for 12 replicas at 12 each, but the arrivals (20/s x 2 s = 40 in flight, + sqrt(40)
+    # = 46.3) only for 5. The window remembers 5: drain replicas leave with the backlog.
+    DrainCase("backlog: the arrivals are remembered", 12.0, 20.0, 12, 5),
+    # 1 waiting each is no backlog: what the load asks for is remembered (66 + sqrt(66) =
+    # 74.1 slots over 6 x 12: 7).
+    DrainCase("no backlog: the load is remembered", 1.0, 20.0, 7, 7),
+    # The arrivals ask for more than the queue (60/s x 2 s = 120 + sqrt: 14): the queue's 12.
+    DrainCase("the queue asks less", 12.0, 60.0, 12, 12),
+]
+
+
+@pytest.mark.parametrize("case", DRAINS, ids=lambda c: c.name)
+def test_scale_down_window_remembers_what_the_arrivals_ask(case: DrainCase) -> None:
+    # Each pod completes 5/s (30/s in all, the saturated replica rate stays 5); the in-flight
+    # count falls or rises so that the arrival rate is the case's, as already smoothed.
+    in_flight = 6 * (case.waiting_each + 10)
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=tuple((n, 100.0) for n in "abcdef"),
+        counters_at=995.0,
+        in_flight=in_flight - 5 * (case.arrival_rate - 30),
+        arrival_rate=case.arrival_rate,
+        replica_rate=5.0,
+    )
+    obs = counted(1000.0, [(case.waiting_each, 10.0, 125.0)] * 6)
+    d = decide(policy(scale_down_window_seconds=300), obs, memory)
+    assert d.memory.arrival_rate == pytest.approx(case.arrival_rate)
+    assert d.recommendation == case.recommendation, d.message
+    assert d.memory.recommendations[-1].replicas == case.remembered, d.message
+
+
+def test_drain_replicas_leave_when_the_backlog_is_gone() -> None:
+    # 300 s window. At t=800, 8 replicas with 12 waiting each: the backlog asks for more
+    # (capped by max 8 here), the arrivals (20/s) for 5. At t=1000 the backlog is gone and
+    # 40 run: 8 -> 5 at once, not held at 8 for the rest of the window.
+    p = policy(scale_down_window_seconds=300, max_replicas=8)
+    first = decide(
+        p,
+        counted(800.0, [(12.0, 10.0, 1000.0)] * 8),
+        ScalerMemory(
+            last_load_at=790.0,
+            capacity_per_replica=10.0,
+            counters=tuple((n, 1000.0 - 5 * 4.0) for n in "abcdefgh"),
+            counters_at=795.0,
+            in_flight=8 * 22.0 - 5 * (20.0 - 32.0),
+            arrival_rate=20.0,
+            replica_rate=5.0,
+        ),
+    )
+    assert first.memory.arrival_rate == pytest.approx(20.0)
+    assert first.desired_replicas == 8, first.message
+    # 200 s later: 40 in flight (was 176), each pod completed 517 more: 20.68 - 0.68 = 20/s.
+    later = decide(p, counted(1000.0, [(0.0, 5.0, 1517.0)] * 8), first.memory)
+    assert later.memory.arrival_rate == pytest.approx(20.0)
+    assert later.desired_replicas == 5, later.message
+    # Without counters (queue-only sizing) the window holds the backlog's recommendation.
+    plain = decide(p, Observation(800.0, 8, steady(8, 10.0, 12.0)), KNOWN)
+    held = decide(p, Observation(1000.0, 8, steady(8, 5.0)), plain.memory)
+    assert held.desired_replicas == 8, held.message
+
+
 def test_saturated_replica_rate_ignores_a_pod_on_its_first_batch() -> None:
     memory = ScalerMemory(
         last_load_at=990.0,

@@ -360,6 +360,13 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
             memory.arrival_rate, memory.replica_rate, memory.counters, at, memory.service_seconds
         )
     before = dict(memory.counters)
+    if {name for name, _ in counters} != set(before):
+        # Pods came or went (or the routers' held requests moved onto the first pods): the
+        # change of requests in flight then moves with them, not with the arrivals. Start a
+        # new reference point and keep the estimate.
+        return _Rates(
+            memory.arrival_rate, memory.replica_rate, counters, obs.now, memory.service_seconds
+        )
     done = 0.0
     saturated_rates: list[float] = []
     for (name, total), sample in zip(
@@ -407,8 +414,9 @@ def _demand_slots(
     rates: _Rates,
     cold_start: float | None,
     loading: bool,
-) -> tuple[float, str]:
-    """Requests in flight to provision for (before headroom), and how it was derived.
+) -> tuple[float, str, float | None]:
+    """Requests in flight to provision for (before headroom), how it was derived, and what the
+    arrivals alone keep in flight (Little's law; None without counters).
 
     The requests in flight; while replicas load, the arrival rate by Little's law when the
     counters allow it and it says less: the queue then grows by itself because nothing new
@@ -429,8 +437,9 @@ def _demand_slots(
         if loading and demand < queued:
             # The queue grows while replicas load (nothing new serves yet): the rate says
             # what the arrivals need, and never more than the queue does.
-            return demand, how
-    return queued, f"{load.waiting:g} waiting + {load.running:g} running"
+            return demand, how, steady
+        return queued, f"{load.waiting:g} waiting + {load.running:g} running", steady
+    return queued, f"{load.waiting:g} waiting + {load.running:g} running", None
 
 
 def _recommend(
@@ -441,12 +450,14 @@ def _recommend(
     rates: _Rates,
     cold_start: float | None,
     loading: bool,
-) -> tuple[int, Reason, str]:
-    """Replicas the current load asks for, ignoring windows, step and bounds."""
+) -> tuple[int, Reason, str, int | None]:
+    """Replicas the current load asks for, ignoring windows, step and bounds; and the
+    replicas the arrivals alone ask for (None: not known), which is what the scale-down
+    window remembers."""
     tol = policy.tolerance_percent / 100
     target = policy.target_queue_depth
     if load.in_flight <= 0:
-        return 0, Reason.IDLE, "no waiting or running requests"
+        return 0, Reason.IDLE, "no waiting or running requests", None
     if capacity is None:
         # Nothing has ever run, so a replica's capacity is unknown: add one at a time.
         if on_hand == 0 or load.waiting > target * on_hand * (1 + tol):
@@ -454,9 +465,32 @@ def _recommend(
                 on_hand + 1,
                 Reason.QUEUE_ABOVE_TARGET,
                 (f"{load.waiting:g} waiting on {on_hand} replicas, capacity not known yet"),
+                None,
             )
-        return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding"
-    demand, how = _demand_slots(policy, load, capacity, rates, cold_start, loading)
+        return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding", None
+    demand, how, steady = _demand_slots(policy, load, capacity, rates, cold_start, loading)
+    # Only a backlog beyond the scale-up trigger makes the two differ by more than noise.
+    backlog = load.waiting > target * max(1, on_hand)
+    arrivals_ask = (
+        None
+        if steady is None or not backlog
+        else max(1, _ceil((steady + policy.burst_headroom * math.sqrt(steady)) / capacity))
+    )
+    raw, reason, message = _size(policy, load, on_hand, capacity, demand, how)
+    return raw, reason, message, arrivals_ask
+
+
+def _size(
+    policy: ScalingPolicy,
+    load: _Load,
+    on_hand: int,
+    capacity: float,
+    demand: float,
+    how: str,
+) -> tuple[int, Reason, str]:
+    """Replicas for `demand` requests in flight, with headroom and hysteresis."""
+    tol = policy.tolerance_percent / 100
+    target = policy.target_queue_depth
     slots = demand + policy.burst_headroom * math.sqrt(demand)
     up = slots / (capacity + target)
     # Scale up once the slots exceed full batches by `targetQueueDepth` per replica, or by
@@ -567,9 +601,10 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             Reason.METRICS_UNAVAILABLE,
             (f"no metrics from any of {len(obs.ready)} ready pods; holding"),
         )
+        arrivals_ask: int | None = None
     else:
         loading = any(p.scheduled and not p.ever_served for p in obs.starting)
-        raw, reason, message = _recommend(
+        raw, reason, message, arrivals_ask = _recommend(
             policy, load, on_hand, capacity, rates, cold_start, loading
         )
         if on_hand == 0 and demand_fresh:
@@ -594,7 +629,12 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         # Idle but not long enough (or min > 0): the smallest warm size.
         raw = max(1, policy.min_replicas)
 
-    history = _remember(memory.recommendations, Recommendation(now, raw), policy, now, window)
+    # The window remembers what the arrivals asked for: replicas added to drain a backlog
+    # leave once it is gone, instead of staying for the whole window.
+    remembered_ask = raw if arrivals_ask is None else min(raw, arrivals_ask)
+    history = _remember(
+        memory.recommendations, Recommendation(now, remembered_ask), policy, now, window
+    )
     if to_zero:
         # The idle timer is this decision's own stabilization window.
         desired, reason = 0, Reason.SCALED_TO_ZERO
@@ -668,10 +708,13 @@ def _stabilize(
     message: str,
     window: float,
 ) -> tuple[int, Reason, str]:
-    """HPA-style: rise to the lowest recent recommendation, fall to the highest one."""
+    """HPA-style: rise to the lowest recent recommendation, fall to the highest one. The
+    latest entry of `history` is this tick's (what the window will remember); `raw` is what
+    this tick asks for now."""
     now = history[-1].at
-    up = min(r.replicas for r in history if now - r.at <= policy.scale_up_window_seconds)
-    down = max(r.replicas for r in history if now - r.at <= window)
+    earlier = history[:-1]
+    up = min([raw, *(r.replicas for r in earlier if now - r.at <= policy.scale_up_window_seconds)])
+    down = max([raw, *(r.replicas for r in earlier if now - r.at <= window)])
     if current < up:
         return up, reason, message
     if current > down:
