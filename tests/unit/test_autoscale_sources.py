@@ -114,7 +114,10 @@ async def prometheus_url() -> AsyncIterator[str]:
         q = request.query["query"]
         if "broken" in q:
             return web.Response(text="{not json")
-        value = "4" if "waiting" in q or "queue" in q else "6"
+        if "success" in q or "cache" in q or "tokens" in q:
+            value = "0.5" if "cache" in q else "40"
+        else:
+            value = "4" if "waiting" in q or "queue" in q else "6"
         result: list[dict[str, Any]] = [
             {"metric": {"pod": "p-1"}, "value": [0, value]},
             {"metric": {"pod": "p-2"}, "value": [0, "NaN"]},
@@ -136,9 +139,9 @@ async def test_prometheus_source(prometheus_url: str, session: aiohttp.ClientSes
     source = PrometheusSource(session, SourceMetrics(registry), prometheus_url, "team-a")
     pods = [PodTarget("p-1", "", Engine.VLLM), PodTarget("p-2", "", Engine.VLLM)]
     assert source.query("vllm:num_requests_waiting", pods) == (
-        'sum by (pod) (vllm:num_requests_waiting{namespace="team-a",pod=~"p-1|p-2"})'
+        'sum by (pod) (vllm:num_requests_waiting{namespace="team-a",pod=~"p-1|p-2"} >= 0 < Inf)'
     )
-    assert await source.sample(pods) == [PodLoad(4.0, 6.0), None]
+    assert await source.sample(pods) == [PodLoad(4.0, 6.0, 0.5, 40.0), None]
     assert failures(registry, "prometheus", "missing") == 1
 
 

@@ -119,14 +119,40 @@ class ScrapeSource:
         return None
 
 
-_PROM_QUERIES = {
-    Engine.VLLM: ("vllm:num_requests_waiting", "vllm:num_requests_running"),
-    Engine.TGI: ("tgi_queue_size", "tgi_batch_current_size"),
+@dataclass(frozen=True, slots=True)
+class _PromNames:
+    """An engine's series as Prometheus stores them (the names `metrics_parse` reads)."""
+
+    waiting: str
+    running: str
+    kv: tuple[str, ...]  # KV-cache usage gauges, any of them (renamed across releases)
+    completed: tuple[str, ...]  # counters of finished requests, any of them
+    tokens_used: str | None = None  # TGI: the token budget in use ...
+    tokens_max: str | None = None  # ... over the budget (its KV-cache usage)
+
+
+_PROM_NAMES = {
+    Engine.VLLM: _PromNames(
+        waiting="vllm:num_requests_waiting",
+        running="vllm:num_requests_running",
+        kv=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        completed=("vllm:request_success_total",),
+    ),
+    Engine.TGI: _PromNames(
+        waiting="tgi_queue_size",
+        running="tgi_batch_current_size",
+        kv=(),
+        completed=("tgi_request_success", "tgi_request_success_total"),
+        tokens_used="tgi_batch_current_max_tokens",
+        tokens_max="tgi_batch_max_total_tokens",
+    ),
 }
 
 
 class PrometheusSource:
-    """Ask a Prometheus server (HTTP API, instant queries) for each pod's queue and batch."""
+    """Ask a Prometheus server (HTTP API, instant queries) for each pod's queue and batch, and
+    (optional: a pod without them still has a load) its KV-cache usage and its counter of
+    finished requests, the same numbers a direct scrape reads."""
 
     def __init__(
         self,
@@ -146,35 +172,76 @@ class PrometheusSource:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._log = _FailureLog()
 
-    def query(self, metric: str, pods: Sequence[PodTarget]) -> str:
-        """`sum by (pod) (metric{namespace="ns",pod=~"a|b"})`: adapters summed, per pod."""
-        names = "|".join(_regex_escape(p.name) for p in pods)
-        selector = f'namespace="{self._namespace}",{self._pod_label}=~"{names}"'
-        return f"sum by ({self._pod_label}) ({metric}{{{selector}}})"
+    def _selector(self, pods: Sequence[PodTarget], names: Sequence[str]) -> str:
+        """The series of `names` for these pods, NaN, infinite and negative samples dropped
+        (as a direct scrape drops them: one NaN adapter must not make the sum NaN)."""
+        pod_names = "|".join(_regex_escape(p.name) for p in pods)
+        selector = f'namespace="{self._namespace}",{self._pod_label}=~"{pod_names}"'
+        if len(names) == 1:
+            series = f"{names[0]}{{{selector}}}"
+        else:
+            alternatives = "|".join(_regex_escape(n) for n in names)
+            series = f'{{__name__=~"{alternatives}",{selector}}}'
+        return f"{series} >= 0 < Inf"
+
+    def query(self, metric: str, pods: Sequence[PodTarget], how: str = "sum") -> str:
+        """`sum by (pod) (metric{namespace="ns",pod=~"a|b"} >= 0 < Inf)`: adapters summed,
+        per pod."""
+        return f"{how} by ({self._pod_label}) ({self._selector(pods, [metric])})"
+
+    def queries(self, engine: Engine, pods: Sequence[PodTarget]) -> dict[str, str]:
+        """The instant queries for one engine's pods, by what they measure.
+
+        `waiting` and `running` are summed over adapters and data-parallel ranks; `kv` is the
+        fullest engine's usage (TGI: the token budget in use over the budget, summed over
+        shards); `completed` sums the finished-request counter over finish reasons."""
+        names = _PROM_NAMES[engine]
+        by = f"by ({self._pod_label})"
+        out = {
+            "waiting": self.query(names.waiting, pods),
+            "running": self.query(names.running, pods),
+            "completed": f"sum {by} ({self._selector(pods, names.completed)})",
+        }
+        if names.kv:
+            out["kv"] = f"max {by} ({self._selector(pods, names.kv)})"
+        elif names.tokens_used and names.tokens_max:
+            used = self.query(names.tokens_used, pods)
+            budget = self.query(names.tokens_max, pods)
+            out["kv"] = f"clamp_max({used} / {budget}, 1)"
+        return out
 
     async def sample(self, pods: Sequence[PodTarget]) -> list[PodLoad | None]:
         if not pods:
             return []
-        values: dict[str, dict[str, float]] = {}
+        values: dict[tuple[Engine, str], dict[str, float]] = {}
         for engine in {p.engine for p in pods}:
             group = [p for p in pods if p.engine is engine]
-            for metric in _PROM_QUERIES[engine]:
-                result = await self._instant(self.query(metric, group))
+            for what, query in self.queries(engine, group).items():
+                result = await self._instant(query)
                 if result is None:
-                    return [None] * len(pods)
-                values[metric] = {**values.get(metric, {}), **result}
+                    if what in ("waiting", "running"):
+                        return [None] * len(pods)
+                    result = {}  # optional numbers: the queue rules still work without
+                values[(engine, what)] = result
         loads: list[PodLoad | None] = []
         for pod in pods:
-            waiting_name, running_name = _PROM_QUERIES[pod.engine]
-            waiting = values[waiting_name].get(pod.name)
-            running = values[running_name].get(pod.name)
+            waiting = values[(pod.engine, "waiting")].get(pod.name)
+            running = values[(pod.engine, "running")].get(pod.name)
             if waiting is None or running is None:
                 self._metrics.failures.labels(source="prometheus", reason="missing").inc()
                 self._log.failed(pod.name, f"Prometheus has no load series for {pod.name}")
                 loads.append(None)
-            else:
-                self._log.ok(pod.name)
-                loads.append(PodLoad(waiting=waiting, running=running))
+                continue
+            self._log.ok(pod.name)
+            kv = values.get((pod.engine, "kv"), {}).get(pod.name)
+            loads.append(
+                PodLoad(
+                    waiting=waiting,
+                    running=running,
+                    kv_cache_usage=None if kv is None else min(1.0, kv),
+                    completed=values[(pod.engine, "completed")].get(pod.name),
+                )
+            )
         return loads
 
     async def _instant(self, query: str) -> dict[str, float] | None:
