@@ -215,6 +215,9 @@ DRAINS = [
     # 1 waiting each is no backlog: what the load asks for is remembered (66 + sqrt(66) =
     # 74.1 slots over 6 x 12: 7).
     DrainCase("no backlog: the load is remembered", 1.0, 20.0, 7, 7),
+    # The same queue, but it stays (as many arrive as finish: closed-loop clients): that is
+    # load, not a backlog draining, and the window remembers it all.
+    DrainCase("a queue that stays is load", 12.0, 30.0, 12, 12),
     # The arrivals ask for more than the queue (60/s x 2 s = 120 + sqrt: 14): the queue's 12.
     DrainCase("the queue asks less", 12.0, 60.0, 12, 12),
 ]

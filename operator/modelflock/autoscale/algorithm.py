@@ -450,6 +450,7 @@ def _recommend(
     rates: _Rates,
     cold_start: float | None,
     loading: bool,
+    draining: bool = False,
 ) -> tuple[int, Reason, str, int | None]:
     """Replicas the current load asks for, ignoring windows, step and bounds; and the
     replicas the arrivals alone ask for (None: not known), which is what the scale-down
@@ -469,8 +470,10 @@ def _recommend(
             )
         return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding", None
     demand, how, steady = _demand_slots(policy, load, capacity, rates, cold_start, loading)
-    # Only a backlog beyond the scale-up trigger makes the two differ by more than noise.
-    backlog = load.waiting > target * max(1, on_hand)
+    # Only a backlog beyond the scale-up trigger that is draining (fewer requests in flight
+    # than at the last measurement) makes the two differ by more than noise: a queue that
+    # stays (closed-loop clients) is load, not backlog.
+    backlog = draining and load.waiting > target * max(1, on_hand)
     arrivals_ask = (
         None
         if steady is None or not backlog
@@ -604,8 +607,9 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         arrivals_ask: int | None = None
     else:
         loading = any(p.scheduled and not p.ever_served for p in obs.starting)
+        draining = memory.in_flight is not None and load.in_flight < memory.in_flight
         raw, reason, message, arrivals_ask = _recommend(
-            policy, load, on_hand, capacity, rates, cold_start, loading
+            policy, load, on_hand, capacity, rates, cold_start, loading, draining
         )
         if on_hand == 0 and demand_fresh:
             raw = max(raw, 1)
