@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
 from modelflock.router.classify.chain import ClassifierChain, RulesStage
 from modelflock.router.classify.features import Features, StageFailure, Verdict
 from modelflock.router.classify.llm import classifier_messages, parse_label
-from modelflock.router.classify.rules import classify_rules, compile_rules
+from modelflock.router.classify.rules import (
+    classify_rules,
+    compile_rules,
+    keywords_regex,
+    trie_alternation,
+)
 from modelflock.router.config import HeaderMatch, Intent
 from modelflock.router.upstream import UpstreamFailure
 
@@ -117,3 +123,49 @@ async def test_rules_decide_before_paid_stages_are_asked() -> None:
     paid = FakeStage("llm", "chat")
     decision = await ClassifierChain([RulesStage(RULES), paid], "default").classify(f("python"))
     assert (decision.intent, decision.classifier, paid.calls) == ("code", "rules", 0)
+
+
+KEYWORDS = ["unit test", "unit tests", "c++", "c#", "tl;dr", "def ", "npm", "sum up", "summary"]
+KEYWORDS += ["summarize", "sum", "Stack Trace", ".env", "big-o", "é-mail", "go"]
+
+
+def _naive(keywords: list[str]) -> re.Pattern[str]:
+    """One alternative per keyword, each with its own boundaries: what the trie must equal."""
+
+    def one(k: str) -> str:
+        prefix = r"(?<!\w)" if k[:1].isalnum() or k[:1] == "_" else ""
+        suffix = r"(?!\w)" if k[-1:].isalnum() or k[-1:] == "_" else ""
+        return prefix + re.escape(k) + suffix
+
+    return re.compile("|".join(one(k) for k in keywords), re.IGNORECASE)
+
+
+@pytest.mark.parametrize(
+    ("text", "matches"),
+    [
+        ("my unit tests fail", True),
+        ("unit testing is fun", False),  # not a whole word
+        ("I write C++ and C#", True),
+        ("TL;DR: nothing", True),
+        ("def main(): pass", True),
+        ("undefined", False),
+        ("npm's cache", True),
+        ("summing up", False),
+        ("Sum it", True),
+        ("summarized", False),
+        ("a STACK TRACE here", True),
+        ("load .env files", True),
+        ("what is big-o?", True),
+        ("send an É-MAIL", True),
+        ("let's go!", True),
+        ("google it", False),
+        ("", False),
+    ],
+)
+def test_keyword_trie_matches_exactly_what_the_plain_alternation_matches(
+    text: str, matches: bool
+) -> None:
+    trie = keywords_regex(KEYWORDS)
+    assert bool(trie.search(text)) is matches
+    assert bool(_naive(KEYWORDS).search(text)) is matches
+    assert trie_alternation(["unit test", "unit tests", "unity"]) == "unit(?:\\ test(?:s)?|y)"
