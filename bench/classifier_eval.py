@@ -236,6 +236,7 @@ async def compare_scorers(embedders: Sequence[str]) -> None:
         " calibration error | temperature |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    gates = []
     for embedder in embedders:
         with MiniLMServer(embedder) as server:
             evaluator = Evaluator()
@@ -268,6 +269,35 @@ async def compare_scorers(embedders: Sequence[str]) -> None:
                 f"| {embedder} | {method} | " + " | ".join(cells) + " |"
                 f" {index.calibration.calibration_error:.3f} | {index.calibration.temperature:.4f} |"
             )
+            probs = softmax(held, index.calibration.temperature)
+            top2 = np.sort(held, axis=1)[:, -2:]
+            right = held.argmax(axis=1) == index.scorer.examples.owners
+            gates.append((embedder, method, probs.max(axis=1), top2[:, 1] - top2[:, 0], right))
+    _gate_table(gates)
+
+
+def _gate_table(gates):  # type: ignore[no-untyped-def]
+    """What to threshold: the calibrated probability or the raw margin between the best two
+    scores. Both rank the examples by how sure the scorer is; what matters is the accuracy of
+    the share it decides (the rest goes to the next stage), and whether one threshold value
+    means the same on every embedder."""
+    print(
+        "\nDeciding only when sure, held out on all examples (embedding alone): accuracy of the"
+        " share decided when ranked by the calibrated probability / by the raw margin (best"
+        " minus second-best score), and the threshold value that keeps that share"
+    )
+    print("\n| embedder | scorer | decide 70 % | decide 80 % | decide 90 % |")
+    print("|---|---|---|---|---|")
+    for embedder, method, prob, margin, right in gates:
+        cells = []
+        for share in (0.7, 0.8, 0.9):
+            keep = round(share * len(right))
+            by_p, by_m = np.argsort(-prob)[:keep], np.argsort(-margin)[:keep]
+            cells.append(
+                f"{right[by_p].mean():.1%} (p ≥ {prob[by_p].min():.2f}) /"
+                f" {right[by_m].mean():.1%} (margin ≥ {margin[by_m].min():.3f})"
+            )
+        print(f"| {embedder} | {method} | " + " | ".join(cells) + " |")
 
 
 async def tune(url: str, methods: Sequence[str]) -> None:
