@@ -468,6 +468,52 @@ def goals_table(cases: Sequence[CaseResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def goals_summary(cases: Sequence[CaseResult]) -> str:
+    """The goals per workload over its seeds: mean (range), and on how many seeds each goal
+    was met."""
+    lines = [
+        "| model | workload | seeds | ours / bound @99 | goal | met on | ours attainment | "
+        "ours vs KEDA at KEDA's attainment | ≤ -30 % on | direction changes / load changes |"
+        " ≤ 1 per change on |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for c in cases:
+        groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    for (size, workload), group in groups.items():
+        ratios, attained, vs_keda, flips, met, keda_met, flip_met = [], [], [], [], 0, 0, 0
+        goal = 1.10 if group[0].predictable else 1.25
+        for c in group:
+            ours = [r for r in c.results if r.family == "ours"]
+            default = next(r for r in ours if r.knob == FAMILIES[0].default)
+            recipe = next(
+                r for r in c.results if r.family == "keda recipe" and r.knob == FAMILIES[1].default
+            )
+            attained.append(100 * default.attainment)
+            b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
+            if b.get(0.99):
+                ratio = default.gpu_hours / b[0.99]
+                ratios.append(ratio)
+                met += ratio <= goal and default.attainment >= 0.97
+            at_recipe = matched(ours, recipe.attainment)
+            if at_recipe is not None:
+                saving = 100 * (at_recipe / recipe.gpu_hours - 1)
+                vs_keda.append(saving)
+                keda_met += saving <= -30
+            flips.append(default.direction_changes / max(1, c.load_changes))
+            flip_met += default.direction_changes <= c.load_changes
+        n = len(group)
+        keda_cell = _fmt_range(vs_keda, "+.0f") + " %" if vs_keda else "ours n/r"
+        if vs_keda and len(vs_keda) < n:
+            keda_cell += f" (ours n/r on {n - len(vs_keda)})"
+        lines.append(
+            f"| {size} | {workload} | {n} | {_fmt_range(ratios, '.2f')} | ≤ {goal:.2f} | "
+            f"{met}/{n} | {_fmt_range(attained, '.1f')} | {keda_cell} | {keda_met}/{n} | "
+            f"{_fmt_range(flips, '.1f')} | {flip_met}/{n} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def beaten_bounds(cases: Sequence[CaseResult]) -> list[str]:
     """Runs that reached a target with fewer GPU-hours than its bound (should never happen)."""
     out = []
@@ -563,6 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         help="keep each case's result here; a rerun reuses them (resume a long sweep)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--held-out",
+        default="",
+        help="seeds not used for tuning (e.g. 4-10): their goals are also summarised apart",
+    )
     args = parser.parse_args(argv)
     seeds = [1] if args.quick else _seeds(args.seeds)
     sweep = not (args.quick or args.no_sweep)
@@ -612,6 +663,13 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n### GPU-hours at matched attainment (knob swept; n/r = not reached)\n\n"
         text += matched_table(done)
     if bound:
+        text += "\n### Goals per workload (mean and range over seeds)\n\n" + goals_summary(done)
+        if args.held_out:
+            held = [c for c in done if c.case.seed in set(_seeds(args.held_out))]
+            text += (
+                f"\n### Goals on the seeds not used for tuning ({args.held_out})\n\n"
+                + goals_summary(held)
+            )
         text += "\n### Goals per workload and seed\n\n" + goals_table(done)
         beaten = beaten_bounds(done)
         text += "\nRuns below the bound: " + ("none" if not beaten else "; ".join(beaten)) + "\n"
