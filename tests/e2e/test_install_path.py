@@ -597,6 +597,27 @@ def panel_query(expr: str, namespace: str, window: str, route: str = ".*") -> st
     )
 
 
+def requests_total(exposition: str) -> float:
+    return sum(row.requests for row in summarize(exposition))
+
+
+def scraped(prom: Prometheus, exposition: str) -> float:
+    """Wait until Prometheus's newest scrape of the router counts the requests `exposition`
+    counts; returns that scrape's timestamp."""
+    want = requests_total(exposition)
+    selector = f'modelflock_router_requests_total{{namespace="{NS}",route!="none"}}'
+
+    def newest() -> float | None:
+        [count] = prom.query(f"sum({selector})") or [{"value": [0, "nan"]}]
+        if float(count["value"][1]) != want:
+            return None
+        [stamp] = prom.query(f"max(timestamp({selector}))")
+        return float(stamp["value"][1])
+
+    found: float = prom.wait_for(newest, f"a scrape counting {want:g} requests", 60)
+    return found
+
+
 def report_delta(before: str, after: str) -> dict[str, RouteRow]:
     """What `modelflock report` says happened between two scrapes of the router's /metrics."""
     old = {r.route: r for r in summarize(before)}
@@ -621,21 +642,25 @@ def test_08_cost_and_savings_panels_agree_with_the_report(day: Day) -> None:
         # counter's first sample is never counted by increase() or rate()).
         for prompt in MIX:
             assert ask(client, prompt)[0] == 200
-        time.sleep(5)
-        start, before = time.time(), day.router_metrics()
+        before = day.router_metrics()
+        # The window starts at the first scrape that saw the warm-up complete (whenever a
+        # loaded machine ran it) and ends once a scrape has seen the measured traffic complete.
+        first = scraped(prom, before)
         for _ in range(10):
             for prompt in MIX:
                 assert ask(client, prompt)[0] == 200
             time.sleep(1)
-        time.sleep(5)
-        end, after = time.time(), day.router_metrics()
+        after = day.router_metrics()
+        scraped(prom, after)
+        end = time.time()
     expected = report_delta(before, after)
     # code, summarize, and the routes the policy gives the lookup and the hard question.
     assert set(expected) >= {"code", "summarize"} and len(expected) >= 3, expected
-    # The window reaches into the quiet seconds before and after the traffic: every request
-    # of the measured phase is inside it, and the counters are flat at both edges.
-    seconds = math.ceil(end - start) + 2
-    window = f"{seconds}s"
+    # Inside the window: the samples from `first` (the warm-up's totals) to the last one (the
+    # measured traffic's); every request of the measured phase, none of the warm-up's.
+    milliseconds = math.ceil((end - first) * 1000) + 100  # 0.1 s before the first sample
+    seconds = milliseconds / 1000
+    window = f"{milliseconds}ms"
 
     def value(title: str, target: int = 0, route: str | None = None) -> float:
         expr = panel_query(panels[title]["targets"][target]["expr"], NS, window)

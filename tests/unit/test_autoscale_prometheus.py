@@ -113,10 +113,16 @@ async def test_prometheus_source_reads_what_a_scrape_reads(
     assert expected[1].completed is None and expected[1].kv_cache_usage == 0.93
     assert expected[2].completed == 4700.0 and expected[2].kv_cache_usage == 0.75
     with running_prometheus(tmp_path / "prometheus", config) as prometheus:
+        # Every pod scraped at least once (a count of series could be reached by two pods).
         prometheus.wait_for(
             lambda: (
-                len(prometheus.query("tgi_request_success or vllm:num_requests_waiting"))
-                >= 1 + 3 + 1
+                {
+                    sample["metric"]["pod"]
+                    for sample in prometheus.query(
+                        f'count by (pod) ({{namespace="{NAMESPACE}",__name__=~"tgi_.+|vllm:.+"}})'
+                    )
+                }
+                == set(PODS)
             ),
             "every pod's series",
             60,

@@ -35,9 +35,14 @@ _UNREACHABLE = re.compile(
     r"|storage is \(re\)initializing|TooManyRequests)",
     re.IGNORECASE,
 )
-# What an API server says for a few seconds after it started: a tail of the outage just
-# reported rather than a new one.
-_SETTLING = re.compile(r"storage is \(re\)initializing|TooManyRequests", re.IGNORECASE)
+# What an API server says for a few seconds after it started (storage still initialising, or
+# a 503 for the paths its aggregator has not installed yet): a tail of the outage just reported
+# rather than a new one.
+_SETTLING = re.compile(
+    r"storage is \(re\)initializing|TooManyRequests"
+    r"|before all known HTTP paths have been installed",
+    re.IGNORECASE,
+)
 
 
 def is_api_unreachable_record(logger_name: str, message: str) -> bool:
