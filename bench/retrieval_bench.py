@@ -362,6 +362,12 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument(
+        "--embedding-threads",
+        type=int,
+        default=1,
+        help="onnxruntime threads of the embedding engine the router calls (engine-sim)",
+    )
+    parser.add_argument(
         "--ingest-deadline-minutes",
         type=float,
         default=30.0,
@@ -380,7 +386,16 @@ def main() -> int:
         try:
             sim = [python, "-m", "modelflock", "engine-sim", "--host", "127.0.0.1", "--port", "0"]
             embed_proc, embed_url = start(
-                [*sim, "--embedding-model", "minilm", "--model", MODEL, "--instant"],
+                [
+                    *sim,
+                    "--embedding-model",
+                    "minilm",
+                    "--embedding-threads",
+                    str(args.embedding_threads),
+                    "--model",
+                    MODEL,
+                    "--instant",
+                ],
                 work / "embed.log",
             )
             procs.append(embed_proc)
@@ -491,7 +506,8 @@ def main() -> int:
     load = os.getloadavg()
     print(
         f"\n{n} questions per router row after {warmup} warm-up ones, interleaved;"
-        f" {sbs.hits}/{sbs.answers} retrieval answers were hits; whole run"
+        f" {sbs.hits}/{sbs.answers} retrieval answers were hits; embedding engine"
+        f" {args.embedding_threads} thread(s); whole run"
         f" {(time.perf_counter() - began) / 60:.1f} min; load average"
         f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores"
     )
