@@ -34,6 +34,32 @@ def fresh_namespace(cluster: LocalCluster, name: str) -> Iterator[str]:
         cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
+def model_expert(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A ModelExpert manifest."""
+    return {
+        "apiVersion": "modelflock.io/v1alpha1",
+        "kind": "ModelExpert",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+# The external frontier expert several tests put beside their own (its key in Secret
+# frontier-key/api-key, which each test creates or leaves missing on purpose).
+FRONTIER_EXPERT = model_expert(
+    "frontier",
+    {
+        "engine": "external",
+        "external": {
+            "baseURL": "https://frontier.example.com/v1",
+            "model": "frontier-large",
+            "apiKeySecretRef": {"name": "frontier-key", "key": "api-key"},
+        },
+        "cost": {"inputPerMillion": "2.50", "outputPerMillion": "10.00"},
+    },
+)
+
+
 def first_traceback(log: str, before: int = 5, after: int = 40) -> str:
     """The first Python traceback in a log with the lines around it ("" when there is none):
     what a failing assertion should show."""

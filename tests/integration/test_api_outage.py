@@ -18,7 +18,15 @@ import pytest
 from localcluster import LocalCluster
 
 from operator_chaos import Outage, autoscaled, expert, measure_outage
-from support import OperatorProcess, apply, condition, delete_namespace, get_json, wait_for
+from support import (
+    FRONTIER_EXPERT,
+    OperatorProcess,
+    apply,
+    condition,
+    delete_namespace,
+    get_json,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -34,20 +42,7 @@ PORTFOLIO: list[dict[str, Any]] = [
     },
     expert("steady"),
     autoscaled(),
-    {
-        "apiVersion": "modelflock.io/v1alpha1",
-        "kind": "ModelExpert",
-        "metadata": {"name": "frontier"},
-        "spec": {
-            "engine": "external",
-            "external": {
-                "baseURL": "https://frontier.example.com/v1",
-                "model": "frontier-large",
-                "apiKeySecretRef": {"name": "frontier-key", "key": "api-key"},
-            },
-            "cost": {"inputPerMillion": "2.50", "outputPerMillion": "10.00"},
-        },
-    },
+    FRONTIER_EXPERT,
     {
         "apiVersion": "modelflock.io/v1alpha1",
         "kind": "RoutingPolicy",

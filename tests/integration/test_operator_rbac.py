@@ -25,12 +25,14 @@ import pytest
 from localcluster import LocalCluster
 
 from support import (
+    FRONTIER_EXPERT,
     OperatorProcess,
     apply,
     condition,
     get_json,
     helm_template,
     make_webhook_certs,
+    model_expert,
     service_account_kubeconfig,
     wait_for,
     without_session_operator,
@@ -106,28 +108,7 @@ def expert(name: str, **spec: Any) -> dict[str, Any]:
         "cost": {"inputPerMillion": "0.10", "outputPerMillion": "0.20"},
     }
     base.update(spec)
-    return {
-        "apiVersion": "modelflock.io/v1alpha1",
-        "kind": "ModelExpert",
-        "metadata": {"name": name},
-        "spec": base,
-    }
-
-
-FRONTIER = {
-    "apiVersion": "modelflock.io/v1alpha1",
-    "kind": "ModelExpert",
-    "metadata": {"name": "frontier"},
-    "spec": {
-        "engine": "external",
-        "external": {
-            "baseURL": "https://frontier.example.com/v1",
-            "model": "frontier-large",
-            "apiKeySecretRef": {"name": "frontier-key", "key": "api-key"},
-        },
-        "cost": {"inputPerMillion": "2.50", "outputPerMillion": "10.00"},
-    },
-}
+    return model_expert(name, base)
 
 
 def policy(gateway_replicas: int) -> dict[str, Any]:
@@ -197,7 +178,7 @@ def test_operator_runs_with_the_charts_cluster_role_only(
             },
         )
         apply(cluster, TEAM, expert("small"))
-        apply(cluster, TEAM, FRONTIER)
+        apply(cluster, TEAM, FRONTIER_EXPERT)
         apply(cluster, TEAM, policy(gateway_replicas=1))
         small = wait_for(lambda: ready(cluster, "modelexpert", "small"), "small Ready", 60)
         # The autoscaler wrote replicas through the scale subresource.

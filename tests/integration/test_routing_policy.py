@@ -16,7 +16,16 @@ import yaml
 from localcluster import LocalCluster
 
 from modelflock.router.config import parse_config
-from support import OperatorProcess, apply, condition, fresh_namespace, get_json, wait_for
+from support import (
+    FRONTIER_EXPERT,
+    OperatorProcess,
+    apply,
+    condition,
+    fresh_namespace,
+    get_json,
+    model_expert,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -34,28 +43,7 @@ def expert(name: str, **spec: Any) -> dict[str, Any]:
         "cost": {"inputPerMillion": "0.10", "outputPerMillion": "0.20"},
     }
     base.update(spec)
-    return {
-        "apiVersion": "modelflock.io/v1alpha1",
-        "kind": "ModelExpert",
-        "metadata": {"name": name},
-        "spec": base,
-    }
-
-
-FRONTIER = {
-    "apiVersion": "modelflock.io/v1alpha1",
-    "kind": "ModelExpert",
-    "metadata": {"name": "frontier"},
-    "spec": {
-        "engine": "external",
-        "external": {
-            "baseURL": "https://frontier.example.com/v1",
-            "model": "frontier-large",
-            "apiKeySecretRef": {"name": "frontier-key", "key": "api-key"},
-        },
-        "cost": {"inputPerMillion": "2.50", "outputPerMillion": "10.00"},
-    },
-}
+    return model_expert(name, base)
 
 
 def policy(name: str, experts: list[str], **spec: Any) -> dict[str, Any]:
@@ -103,7 +91,7 @@ def _populate(cluster: LocalCluster) -> None:
         f"--from-literal=api-key={SECRET_VALUE}",
     )
     apply(cluster, NS, expert("code-7b"))
-    apply(cluster, NS, FRONTIER)
+    apply(cluster, NS, FRONTIER_EXPERT)
     apply(cluster, NS, policy("portfolio", ["code-7b", "frontier"]))
 
 
