@@ -273,6 +273,21 @@ def _flock(
         return error.code, json.loads(error.read() or b"{}")
 
 
+def _flock_raw(operator: OperatorProcess, path: str, token: str, body: bytes | list[bytes]) -> int:
+    """POST a raw body; a list of parts is sent chunked, without a Content-Length."""
+    request = urllib.request.Request(
+        f"{operator.flock_url}{path}",
+        data=body if isinstance(body, bytes) else iter(body),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def test_flock_api_shows_each_router_only_its_policy(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
@@ -304,6 +319,12 @@ def test_flock_api_shows_each_router_only_its_policy(
         _flock(operator, f"{base}/portfolio/demand", token, {"expert": "code-7b", "waiting": 1})[0]
         == 202
     )
+    # Bodies are bounded whether or not they declare their length, and bad JSON is a 400.
+    demand = f"{base}/portfolio/demand"
+    assert _flock_raw(operator, demand, token, [b'{"expert": "code-7b", "pad": "'] * 300) == 413
+    assert _flock_raw(operator, demand, token, b"[" * 5000 + b"]" * 5000) == 413
+    assert _flock_raw(operator, demand, token, b"[" * 4000) == 400
+    assert _flock_raw(operator, f"{base}/portfolio/retrieval", token, [b"[" * 2000] * 2) == 400
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ shows the experts it names.
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,27 @@ def _authorize(
     if access is None or not token or not hmac.compare_digest(token, access.token):
         return _error(401, "missing or invalid bearer token for this routing policy")
     return key, access
+
+
+async def _read_body(request: web.Request, limit: int, what: str) -> bytes | web.Response:
+    """The request body, or a 413 once it passes `limit` bytes: a declared Content-Length is
+    refused before reading, and a chunked body is cut as soon as it grows past the limit."""
+    if (request.content_length or 0) > limit:
+        return _error(413, f"{what} too large (over {limit} bytes)")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(limit + 1):
+        body += chunk
+        if len(body) > limit:
+            return _error(413, f"{what} too large (over {limit} bytes)")
+    return bytes(body)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """JSON from a body; ValueError for anything unreadable, nesting too deep included."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nests too deeply") from None
 
 
 def endpoints_document(
@@ -85,10 +107,11 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         if isinstance(checked, web.Response):
             return checked
         (namespace, _), access = checked
-        if (request.content_length or 0) > MAX_DEMAND_BODY:
-            return _error(413, "demand body too large")
+        raw = await _read_body(request, MAX_DEMAND_BODY, "demand body")
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            body = await request.json()
+            body = _parse_json(raw)
             expert = str(body["expert"])
             waiting = int(body.get("waiting", 1))
         except (ValueError, KeyError, TypeError):
@@ -106,10 +129,11 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         if isinstance(checked, web.Response):
             return checked
         key, access = checked
-        if (request.content_length or 0) > MAX_EVALUATION_BODY:
-            return _error(413, "evaluation report too large")
+        raw = await _read_body(request, MAX_EVALUATION_BODY, "evaluation report")
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            report = parse_report(await request.json(), access.experts)
+            report = parse_report(_parse_json(raw), access.experts)
         except NotNamedError as error:
             return _error(403, str(error))
         except ValueError as error:
@@ -125,10 +149,11 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         if isinstance(checked, web.Response):
             return checked
         key, access = checked
-        if (request.content_length or 0) > MAX_DEMAND_BODY:
-            return _error(413, "report body too large")
+        raw = await _read_body(request, MAX_DEMAND_BODY, "retrieval report")
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            body = await request.json()
+            body = _parse_json(raw)
             name = str(body["knowledgeBase"])
             reachable = body["reachable"]
             detail = str(body.get("detail", ""))[:500]
@@ -153,10 +178,11 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         if isinstance(checked, web.Response):
             return checked
         key, _ = checked
-        if (request.content_length or 0) > MAX_REPORT_BODY:
-            return _error(413, "classifier report too large")
+        raw = await _read_body(request, MAX_REPORT_BODY, "classifier report")
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            report = ClassifierReport.model_validate_json(await request.read())
+            report = ClassifierReport.model_validate_json(raw)
         except ValidationError as error:
             return _error(400, f"invalid classifier report: {error.errors()[0]['msg']}")
         now = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import CollectorRegistry
 
 from modelflock.router.metrics_core import Counter, Exporter, Gauge, Histogram
@@ -27,6 +29,12 @@ _LATENCY = (
     120.0,
 )
 _P = "modelflock_router_"
+# The values these labels can take (handlers.py, state.py).
+ShedReason = Literal["overloaded", "memory"]
+AuthFailureReason = Literal["missing", "invalid"]
+SHED_REASONS: tuple[ShedReason, ...] = get_args(ShedReason)
+AUTH_FAILURE_REASONS: tuple[AuthFailureReason, ...] = get_args(AuthFailureReason)
+RELOAD_RESULTS = ("success", "error")
 _RE = ("route", "expert")
 
 
@@ -138,6 +146,13 @@ class RouterMetrics:
             " concurrency cap; memory: the memory budget).",
             ("reason",),
         )
+        # Closed label sets start at zero, so rate() and increase() see their first event.
+        for shed in SHED_REASONS:
+            self.shed.inc((shed,), 0.0)
+        for refused in AUTH_FAILURE_REASONS:
+            self.auth_failures.inc((refused,), 0.0)
+        for result in RELOAD_RESULTS:
+            self.reloads.inc((result,), 0.0)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             Exporter([v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)])

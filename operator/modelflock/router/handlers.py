@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelflock.router.accounting import RouterMetrics
+from modelflock.router.accounting import AuthFailureReason, RouterMetrics, ShedReason
 from modelflock.router.dispatch import Dispatcher
 from modelflock.router.errors import RequestError, error_response, from_request_error
 from modelflock.router.http_server import Handler, Reply, Request, Result
@@ -40,7 +40,7 @@ class RouterParts:
 _RETRY = {"Retry-After": "1"}
 
 
-def _shed(parts: RouterParts, reason: str, message: str) -> Result:
+def _shed(parts: RouterParts, reason: ShedReason, message: str) -> Result:
     """Overload: a fast 503 the client may retry (the OpenAI SDKs honour Retry-After)."""
     metrics = parts.metrics
     metrics.shed.inc((reason,))
@@ -108,7 +108,7 @@ def authenticated(parts: RouterParts, handler: Handler) -> Handler:
         name = keys.get(key_digest(token)) if scheme.lower() == "bearer" and token else None
         metrics = parts.metrics
         if name is None:
-            reason = "invalid" if header else "missing"
+            reason: AuthFailureReason = "invalid" if header else "missing"
             metrics.auth_failures.inc((reason,))
             metrics.requests.inc(("none", "none", "none", "401"))
             metrics.errors.inc(("none", "none", "http_401"))
