@@ -1,4 +1,4 @@
-"""Autoscaling benchmark: policies against a lower bound, on simulated vLLM-like fleets.
+"""Autoscaling benchmark: policies against a lower bound and a feasible plan, simulated fleets.
 
     python bench/autoscale_sim.py --quick                   # smoke: seed 1, 3 workloads, bound
     python bench/autoscale_sim.py --seeds 1-10 --no-sweep   # defaults and bound, 10 seeds
@@ -21,14 +21,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import autoscale_bound
+import autoscale_clairvoyant
 import autoscale_engine
 import autoscale_policies
 import autoscale_workloads
 from autoscale_bound import Plan, plan, saturated
+from autoscale_clairvoyant import Feasible, default_segment, search, segment_loads
 from autoscale_engine import Fleet, PodSample
 from autoscale_policies import (
     Hpa,
@@ -56,6 +59,8 @@ from modelflock.autoscale.algorithm import ScalerMemory, ScalingPolicy, remember
 MAX_REPLICAS = 10
 WARM_UP_SECONDS = 300  # served at the first second's load, not counted
 TARGETS = (0.95, 0.99)
+# The unit that searches a feasible clairvoyant plan (an upper bound on the optimum).
+FEASIBLE = "feasible plan"
 
 
 # -- policies and their knobs -------------------------------------------------------------
@@ -233,6 +238,7 @@ class Case:
     lag: int
     node_delay: int
     bound: bool
+    feasible: bool = False  # also search a feasible clairvoyant plan (shown when cached)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,28 +248,37 @@ class CaseResult:
     load_changes: int
     results: tuple[Result, ...]
     plans: tuple[Plan, ...]
+    feasible: tuple[Feasible, ...] = ()  # an upper bound on the clairvoyant optimum
 
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """One piece of a case, computed and cached on its own: a policy at one knob value, or
-    (family None) the bound and its replay. Changing the algorithm reruns only "ours"."""
+    """One piece of a case, computed and cached on its own: a policy at one knob value,
+    (family None) the bound and its replay, or (family FEASIBLE) the feasible clairvoyant
+    plans and their replays. Changing the algorithm reruns only "ours"."""
 
     case: Case
     family: str | None
     knob: float | None
 
 
-# What a unit computes: a policy's run, or the bound's plans and their replay.
-Payload = Result | tuple[tuple[Plan, ...], Result]
+# What a unit computes: a policy's run, the bound's plans and their replay, or the feasible
+# plans and their replays.
+Payload = Result | tuple[tuple[Plan, ...], Result] | tuple[tuple[Feasible, ...], tuple[Result, ...]]
 
 
 def case_units(case: Case) -> list[Unit]:
+    """The units a case needs before it is reported (the feasible plan is optional)."""
     units = [Unit(case, None, None)] if case.bound else []
     for fam in FAMILIES:
         knobs = sorted({fam.default, *fam.sweep}) if case.sweep else [fam.default]
         units += [Unit(case, fam.name, knob) for knob in knobs]
     return units
+
+
+def optional_units(case: Case) -> list[Unit]:
+    """Units shown when they are there: the feasible clairvoyant plan."""
+    return [Unit(case, FEASIBLE, None)] if case.feasible else []
 
 
 def _setting(case: Case) -> tuple[ModelSize, Workload, list[int]]:
@@ -275,6 +290,11 @@ def _setting(case: Case) -> tuple[ModelSize, Workload, list[int]]:
 def run_unit(unit: Unit) -> tuple[Unit, Payload]:
     case = unit.case
     size, workload, arrivals = _setting(case)
+    if unit.family == FEASIBLE:
+        found = feasible_plans(
+            workload, size, arrivals, seed=case.seed, lag=case.lag, node_delay=case.node_delay
+        )
+        return unit, found
     if unit.family is not None:
         fam = next(f for f in FAMILIES if f.name == unit.family)
         assert unit.knob is not None
@@ -308,26 +328,71 @@ def run_unit(unit: Unit) -> tuple[Unit, Payload]:
     return unit, (plans, replay)
 
 
+def feasible_plans(
+    workload: Workload,
+    size: ModelSize,
+    arrivals: Sequence[int],
+    *,
+    seed: int,
+    lag: int,
+    node_delay: int,
+) -> tuple[tuple[Feasible, ...], tuple[Result, ...]]:
+    """The feasible clairvoyant plan for each target, each replayed in the simulation as the
+    bound's plan is (every replica created one cold start early)."""
+    segment = default_segment(size)
+    lead = size.cold_start_seconds + node_delay
+
+    def replay(schedule: tuple[int, ...]) -> Result:
+        return simulate(
+            workload,
+            size,
+            Replay("feasible plan", schedule, segment, lead),
+            arrivals,
+            seed=seed,
+            lag=lag,
+            node_delay=node_delay,
+            family=FEASIBLE,
+            knob=None,
+        )
+
+    loads = segment_loads(size, workload, arrivals, segment)
+    found = search(loads, TARGETS, MAX_REPLICAS, segment, replay)
+    rows = tuple(replace(r, family=f"feasible plan ({100 * p.target:.0f} %)") for p, r in found)
+    return tuple(p for p, _ in found), rows
+
+
 def assemble(case: Case, payloads: dict[Unit, Payload]) -> CaseResult:
-    """A case's results in the order the tables list them (policies, then the replay)."""
+    """A case's results in the order the tables list them (policies, then the replays)."""
     _, workload, _ = _setting(case)
     results: list[Result] = []
     plans: tuple[Plan, ...] = ()
     replay: list[Result] = []
-    for unit in case_units(case):
+    feasible: tuple[Feasible, ...] = ()
+    for unit in case_units(case) + [u for u in optional_units(case) if u in payloads]:
         payload = payloads[unit]
-        # (A run pickled by the script itself is a __main__.Result: test the bound's shape.)
-        if isinstance(payload, tuple):
-            plans, replay = payload[0], [payload[1]]
-        else:
+        # (A run pickled by the script itself is a __main__.Result: test the payload's shape.)
+        if not isinstance(payload, tuple):
             results.append(payload)
+        elif unit.family == FEASIBLE:
+            found = cast(tuple[tuple[Feasible, ...], tuple[Result, ...]], payload)
+            feasible = found[0]
+            replay += found[1]
+        else:
+            bound = cast(tuple[tuple[Plan, ...], Result], payload)
+            plans = bound[0]
+            replay.insert(0, bound[1])
     return CaseResult(
-        case, workload.predictable, workload.load_changes, tuple(results + replay), plans
+        case,
+        workload.predictable,
+        workload.load_changes,
+        tuple(results + replay),
+        plans,
+        feasible,
     )
 
 
 def run_case(case: Case) -> CaseResult:
-    return assemble(case, dict(run_unit(u) for u in case_units(case)))
+    return assemble(case, dict(run_unit(u) for u in case_units(case) + optional_units(case)))
 
 
 # -- reading the results ------------------------------------------------------------------
@@ -405,8 +470,9 @@ def matched_table(cases: Sequence[CaseResult]) -> str:
     swept = [f.name for f in FAMILIES if f.sweep]
     head = " | ".join(f"{n} @{100 * t:.0f}" for t in TARGETS for n in swept)
     lines = [
-        f"| model | workload | seed | {head} | bound @95 | bound @99 |",
-        "|---|---|---:|" + "---:|" * (len(swept) * len(TARGETS) + 2),
+        f"| model | workload | seed | {head} | bound @95 | bound @99 | feasible plan @95 |"
+        " feasible plan @99 |",
+        "|---|---|---:|" + "---:|" * (len(swept) * len(TARGETS) + 4),
     ]
     for c in cases:
         cells = []
@@ -416,10 +482,48 @@ def matched_table(cases: Sequence[CaseResult]) -> str:
                 cells.append("n/r" if v is None else f"{v:.1f}")
         b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
         cells += [f"{b[t]:.1f}" if t in b else "-" for t in TARGETS]
+        f = _feasible_hours(c)
+        cells += [f"{f[t]:.1f}" if t in f else "n/r" if c.feasible else "-" for t in TARGETS]
         lines.append(
             f"| {c.case.size} | {c.case.workload} | {c.case.seed} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _feasible_hours(c: CaseResult) -> dict[float, float]:
+    """GPU-hours of the feasible clairvoyant plan per target it reached."""
+    return {p.target: p.gpu_seconds / 3600 for p in c.feasible if p.reached}
+
+
+@dataclass(frozen=True, slots=True)
+class Bracket:
+    """Ours (default) against the clairvoyant optimum at 99 %, which lies between the fluid
+    lower bound and the feasible plan (an upper bound on it)."""
+
+    vs_fluid: float | None  # ours / fluid bound: an upper bound on ours / optimum
+    vs_feasible: float | None  # ours / feasible plan: a lower bound on ours / optimum
+    width: float | None  # feasible / fluid
+    verdict: str  # "met", "missed" or "open" (the bracket cannot tell)
+
+
+def bracket(c: CaseResult, default: Result) -> Bracket:
+    """Where ours stands against the optimum at 99 %, and whether the goal (≤ 1.10 / 1.25
+    times the optimum at ≥ 97 % attainment) is met for sure, missed for sure, or open."""
+    goal = 1.10 if c.predictable else 1.25
+    fluid = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}.get(0.99)
+    feasible = _feasible_hours(c).get(0.99)
+    vs_fluid = default.gpu_hours / fluid if fluid else None
+    vs_feasible = default.gpu_hours / feasible if feasible else None
+    width = feasible / fluid if feasible and fluid else None
+    if default.attainment < 0.97:
+        verdict = "missed"
+    elif vs_fluid is not None and vs_fluid <= goal:
+        verdict = "met"
+    elif vs_feasible is not None and vs_feasible > goal:
+        verdict = "missed"
+    else:
+        verdict = "open"
+    return Bracket(vs_fluid, vs_feasible, width, verdict)
 
 
 def goals_table(cases: Sequence[CaseResult]) -> str:
@@ -428,8 +532,9 @@ def goals_table(cases: Sequence[CaseResult]) -> str:
     lines = [
         "| model | workload | seed | ours vs KEDA at KEDA's attainment | ours vs KEDA @95 | "
         "ours vs KEDA @99 | ours (default) attainment | ours / bound @99 | ≤ goal | "
-        "direction changes / load changes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "direction changes / load changes | ours / feasible plan @99 | feasible / bound @99 | "
+        "goal against the optimum |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|",
     ]
     for c in cases:
         ours = [r for r in c.results if r.family == "ours"]
@@ -452,6 +557,7 @@ def goals_table(cases: Sequence[CaseResult]) -> str:
             else f"{100 * (at_recipe / recipe.gpu_hours - 1):+.0f}% (at {100 * recipe.attainment:.1f}%)"
         )
         b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
+        br = bracket(c, default)
         goal = 1.10 if c.predictable else 1.25
         if 0.99 in b and b[0.99] > 0:
             ratio = default.gpu_hours / b[0.99]
@@ -463,9 +569,22 @@ def goals_table(cases: Sequence[CaseResult]) -> str:
             f"| {c.case.size} | {c.case.workload} | {c.case.seed} | {vs_recipe} | {cells[0]} | "
             f"{cells[1]} | "
             f"{100 * default.attainment:.1f}% | {bound_cell} | {goal_cell} | "
-            f"{default.direction_changes} / {c.load_changes} |"
+            f"{default.direction_changes} / {c.load_changes} | {_ratio(br.vs_feasible)} | "
+            f"{_ratio(br.width)} | {br.verdict} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _with_missing(values: Sequence[float | None], n: int) -> str:
+    """Mean (range) of the values there are, and on how many cases there was none (no
+    feasible plan reached 99 %, or it was not computed)."""
+    there = [v for v in values if v is not None]
+    cell = _fmt_range(there, ".2f")
+    return cell + (f" (n/r on {n - len(there)})" if len(there) < n else "")
 
 
 def goals_summary(cases: Sequence[CaseResult]) -> str:
@@ -474,14 +593,16 @@ def goals_summary(cases: Sequence[CaseResult]) -> str:
     lines = [
         "| model | workload | seeds | ours / bound @99 | goal | met on | ours attainment | "
         "ours vs KEDA at KEDA's attainment | ≤ -30 % on | direction changes / load changes |"
-        " ≤ 1 per change on |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " ≤ 1 per change on | ours / feasible plan @99 | feasible / bound @99 |"
+        " goal against the optimum: met / open / missed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for c in cases:
         groups.setdefault((c.case.size, c.case.workload), []).append(c)
     for (size, workload), group in groups.items():
         ratios, attained, vs_keda, flips, met, keda_met, flip_met = [], [], [], [], 0, 0, 0
+        brackets: list[Bracket] = []
         goal = 1.10 if group[0].predictable else 1.25
         for c in group:
             ours = [r for r in c.results if r.family == "ours"]
@@ -490,6 +611,7 @@ def goals_summary(cases: Sequence[CaseResult]) -> str:
                 r for r in c.results if r.family == "keda recipe" and r.knob == FAMILIES[1].default
             )
             attained.append(100 * default.attainment)
+            brackets.append(bracket(c, default))
             b = {p.target: p.bound_gpu_seconds / 3600 for p in c.plans}
             if b.get(0.99):
                 ratio = default.gpu_hours / b[0.99]
@@ -509,7 +631,13 @@ def goals_summary(cases: Sequence[CaseResult]) -> str:
         lines.append(
             f"| {size} | {workload} | {n} | {_fmt_range(ratios, '.2f')} | ≤ {goal:.2f} | "
             f"{met}/{n} | {_fmt_range(attained, '.1f')} | {keda_cell} | {keda_met}/{n} | "
-            f"{_fmt_range(flips, '.1f')} | {flip_met}/{n} |"
+            f"{_fmt_range(flips, '.1f')} | {flip_met}/{n} | "
+            f"{_with_missing([b.vs_feasible for b in brackets], n)} | "
+            f"{_with_missing([b.width for b in brackets], n)} | "
+            + " / ".join(
+                str(sum(b.verdict == v for b in brackets)) for v in ("met", "open", "missed")
+            )
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -539,6 +667,10 @@ def _fingerprint(family: str | None) -> str:
     if family is None:
         h.update(Path(str(autoscale_bound.__file__)).read_bytes())
         h.update(repr(TARGETS).encode())
+    elif family == FEASIBLE:
+        h.update(Path(str(autoscale_clairvoyant.__file__)).read_bytes())
+        h.update(inspect.getsource(feasible_plans).encode())
+        h.update(repr((TARGETS, MAX_REPLICAS)).encode())
     else:
         fam = next(f for f in FAMILIES if f.name == family)
         h.update(inspect.getsource(fam.make).encode())
@@ -595,6 +727,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-sweep", action="store_true", help="each policy at its default only")
     parser.add_argument("--no-bound", action="store_true", help="skip the lower-bound planner")
+    parser.add_argument(
+        "--no-feasible",
+        action="store_true",
+        help="skip the feasible clairvoyant plan (an upper bound on the optimum)",
+    )
     parser.add_argument("--lag", type=int, default=10, help="metric lag in seconds")
     parser.add_argument("--node-delay", type=int, default=0, help="node provisioning seconds")
     parser.add_argument("--models", default="7B,70B")
@@ -622,20 +759,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and not prefixes:
         prefixes = ["step", "bursty", "mix shift to shorter"]
     cases = [
-        Case(seed, size, w.name, sweep, args.lag, args.node_delay, bound)
+        Case(seed, size, w.name, sweep, args.lag, args.node_delay, bound, not args.no_feasible)
         for size in args.models.split(",")
         for w in workloads(0)
         if not prefixes or any(w.name.startswith(p) for p in prefixes)
         for seed in seeds
     ]
     started = time.perf_counter()
-    fingerprints: dict[str | None, str] = {None: _fingerprint(None)}
+    fingerprints: dict[str | None, str] = {
+        None: _fingerprint(None),
+        FEASIBLE: _fingerprint(FEASIBLE),
+    }
     fingerprints.update({f.name: _fingerprint(f.name) for f in FAMILIES})
     durations = {w.name: w.duration for w in workloads(0)}
-    # Seed by seed (a stopped run leaves whole seeds), the bound and long workloads first.
+    # Seed by seed (a stopped run leaves whole seeds), the bounds and long workloads first.
     units = sorted(
-        (u for c in cases for u in case_units(c)),
-        key=lambda u: (u.case.seed, u.family is not None, -durations[u.case.workload]),
+        (u for c in cases for u in case_units(c) + optional_units(c)),
+        key=lambda u: (
+            u.case.seed,
+            u.family not in (None, FEASIBLE),
+            -durations[u.case.workload],
+        ),
     )
     payloads: dict[Unit, Payload] = {}
     todo = []
