@@ -288,6 +288,85 @@ def test_saturated_replica_rate_ignores_a_pod_on_its_first_batch() -> None:
     assert d.memory.replica_rate == pytest.approx(3.0)
 
 
+def test_replica_rate_is_learned_from_full_batches_only() -> None:
+    # Both pods have a queue, but b runs 8 of 10 (uneven KV reservations): it completes
+    # fewer per second, and counting it would make every arrival look heavier.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 100.0)),
+        counters_at=990.0,
+        in_flight=24.0,
+    )
+    obs = counted(1000.0, [(3, 10, 130), (3, 8, 120)])
+    d = decide(policy(), obs, memory)
+    assert d.memory.replica_rate == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------- re-adding after a decrease
+@dataclass(frozen=True)
+class ReaddCase:
+    name: str
+    waiting_each: float  # on each of the 2 ready pods (10 running each, c = 10)
+    sustained: float  # requests/s, as smoothed so far (and what arrives this tick)
+    down_rate: float | None  # the sustained rate at the last decrease (None: none since)
+    desired: int
+
+
+# c = 10, a saturated replica completes 1/s: a request runs 10 s in a full batch. 2 replicas,
+# burstHeadroom 1, targetQueueDepth 2: scale-up trigger 2 x 12 = 24 slots. 1 waiting each:
+# 22 in flight + sqrt(22) = 26.7 slots cross it.
+READDS = [
+    # A peak after a decrease: the sustained arrivals (1.2/s x 10 s = 12, + backlog 2 x 10 /
+    # 60 s, + sqrt = 15.9 slots) fit the 2 replicas' 20, and 2 waiting drain by themselves.
+    ReaddCase("a peak after a decrease is held", 1.0, 1.2, 1.2, 2),
+    # The same peak with no decrease since the last change: the queue rule scales up.
+    ReaddCase("no decrease before: up", 1.0, 1.2, None, 3),
+    # The sustained rate rose by more than the tolerance since the decrease: up.
+    ReaddCase("rising load is never held", 1.0, 1.2, 1.0, 3),
+    # More than half the replicas' batches wait (12 > 10): up.
+    ReaddCase("a long queue is not a peak", 6.0, 1.2, 1.2, 4),
+    # The sustained arrivals need more than the replicas hold (1.9/s: 19 + 0.3 + 4.4): up.
+    ReaddCase("sustained arrivals that do not fit", 1.0, 1.9, 1.9, 3),
+]
+
+
+@pytest.mark.parametrize("case", READDS, ids=lambda c: c.name)
+def test_a_replica_taken_by_a_decrease_comes_back_only_for_sustained_load(
+    case: ReaddCase,
+) -> None:
+    in_flight = 2 * (case.waiting_each + 10.0)
+    # 5 s ago the same requests were in flight and each pod finished sustained x 5 / 2 since.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 100.0)),
+        counters_at=995.0,
+        in_flight=in_flight,
+        arrival_rate=case.sustained,
+        sustained_rate=case.sustained,
+        replica_rate=1.0,
+        down_rate=case.down_rate,
+    )
+    done = 100.0 + case.sustained * 5 / 2
+    obs = counted(1000.0, [(case.waiting_each, 10.0, done)] * 2)
+    d = decide(policy(burst_headroom=1.0), obs, memory)
+    assert d.memory.sustained_rate == pytest.approx(case.sustained)
+    assert d.desired_replicas == case.desired, d.message
+
+
+def test_the_rate_at_a_decrease_is_kept_until_replicas_are_added() -> None:
+    p = policy(burst_headroom=0.0)
+    memory = ScalerMemory(last_load_at=990.0, capacity_per_replica=10.0, sustained_rate=4.0)
+    # Without counters the sustained rate stays as it was: 4/s.
+    down = decide(p, Observation(1000.0, 3, steady(3, 5.0)), memory)
+    assert down.desired_replicas == 2 and down.memory.down_rate == pytest.approx(4.0)
+    held = decide(p, Observation(1005.0, 2, steady(2, 9.0)), down.memory)
+    assert held.desired_replicas == 2 and held.memory.down_rate == pytest.approx(4.0)
+    up = decide(p, Observation(1010.0, 2, steady(2, 10.0, 5.0)), held.memory)
+    assert up.desired_replicas == 3 and up.memory.down_rate is None
+
+
 # ---------------------------------------------------------------- KV cache learns upwards
 @pytest.mark.parametrize(
     ("load", "before", "after"),

@@ -18,6 +18,9 @@ How replicas are sized (see docs/autoscaling.md):
 - Scale up when the slots exceed what the replicas on hand (ready and starting) hold with
   `targetQueueDepth` waiting each: desired = ceil(slots / (c + T)); scale down to
   ceil(slots / c). The gap between c and c + T is the hysteresis that stops flapping.
+- After a decrease, the replica comes back on a peak of the requests in flight only if the
+  sustained arrival rate rose, does not fit the replicas, or the queue is long: a fuller batch
+  runs slower, so fewer replicas run nearly full and every Poisson peak crosses the trigger.
 - Decreases are held by the scale-down window (the highest recommendation in it wins, as in
   the HPA); without an explicit window it is derived from the expert's own cold start, learned
   from how long its pods took to become ready. Increases are immediate but capped per step.
@@ -50,6 +53,15 @@ HOLD_DEFAULT_SECONDS = 300.0  # until a cold start was seen
 COLD_START_MAX_SECONDS = 1800.0
 # A backlog is provisioned to drain within a cold start; within this until one was seen.
 DEFAULT_DRAIN_SECONDS = 60.0  # a pod starting for longer is stuck, not slow
+# A saturated replica's completion rate is learned only while its batch is this full: a pod
+# with a short queue below a full batch (uneven KV reservations, a new share) completes fewer
+# and would bias the rate low, so the arrivals would look heavier than they are.
+FULL_BATCH_FRACTION = 0.97
+# The sustained arrival rate (what a scale-down is judged against) is smoothed over this long.
+SUSTAINED_RATE_SECONDS = 120.0
+# After a decrease, a replica comes back on a Poisson peak only with a queue above this
+# fraction of the replicas' batches (or once the sustained rate has risen or does not fit).
+REUP_QUEUE_FRACTION = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +170,11 @@ class ScalerMemory:
     `capacity_per_replica` is the learned running count of a saturated replica.
     `lower_capacity_since` is when saturated pods started to run fewer than that (unconfirmed).
     `counters` are the pods' completion counters at `counters_at`, `in_flight` the requests in
-    flight then; `arrival_rate`, `replica_rate` (requests per second a saturated replica
-    completes) and `service_seconds` (time in a batch, by Little's law) are smoothed
-    estimates. `cold_start_seconds` is the longest a pod of this
+    flight then; `arrival_rate`, `sustained_rate` (the same over SUSTAINED_RATE_SECONDS),
+    `replica_rate` (requests per second a replica with a full batch completes) and
+    `service_seconds` (time in a batch, by Little's law) are smoothed estimates. `down_rate`
+    is the sustained rate at the last decrease (None once replicas were added since).
+    `cold_start_seconds` is the longest a pod of this
     expert was seen loading. `unreadable_since` says since when each unreadable pod has been;
     `answered` names the ready pods whose metrics were read at least once.
     """
@@ -173,11 +187,13 @@ class ScalerMemory:
     counters_at: float | None = None
     in_flight: float | None = None
     arrival_rate: float | None = None
+    sustained_rate: float | None = None
     replica_rate: float | None = None
     service_seconds: float | None = None
     cold_start_seconds: float | None = None
     unreadable_since: tuple[tuple[str, float], ...] = ()
     answered: tuple[str, ...] = ()
+    down_rate: float | None = None
 
 
 class Reason(enum.StrEnum):
@@ -231,6 +247,7 @@ class _Rates:
     counters: tuple[tuple[str, float], ...]
     counters_at: float | None
     service: float | None = None  # seconds a request runs, by Little's law on the batches
+    sustained: float | None = None  # the arrival rate smoothed over SUSTAINED_RATE_SECONDS
 
 
 def _ceil(x: float) -> int:
@@ -341,7 +358,9 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
     )
     if obs.ready and not complete:
         # Some pod exposes no counter (or is unreadable): no arrival rate this tick.
-        return _Rates(None, memory.replica_rate, (), None, memory.service_seconds)
+        return _Rates(
+            None, memory.replica_rate, (), None, memory.service_seconds, memory.sustained_rate
+        )
     counters = tuple(
         (name, s.completed)
         for name, s in zip(obs.names, obs.ready, strict=False)
@@ -352,12 +371,22 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
     if at is None or memory.in_flight is None or dt < 0:
         # The first tick with counters (or a clock that went back): start measuring.
         return _Rates(
-            memory.arrival_rate, memory.replica_rate, counters, obs.now, memory.service_seconds
+            memory.arrival_rate,
+            memory.replica_rate,
+            counters,
+            obs.now,
+            memory.service_seconds,
+            memory.sustained_rate,
         )
     if dt < 1.0:
         # Too soon to tell: keep the previous reference point.
         return _Rates(
-            memory.arrival_rate, memory.replica_rate, memory.counters, at, memory.service_seconds
+            memory.arrival_rate,
+            memory.replica_rate,
+            memory.counters,
+            at,
+            memory.service_seconds,
+            memory.sustained_rate,
         )
     before = dict(memory.counters)
     if {name for name, _ in counters} != set(before):
@@ -365,7 +394,12 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
         # change of requests in flight then moves with them, not with the arrivals. Start a
         # new reference point and keep the estimate.
         return _Rates(
-            memory.arrival_rate, memory.replica_rate, counters, obs.now, memory.service_seconds
+            memory.arrival_rate,
+            memory.replica_rate,
+            counters,
+            obs.now,
+            memory.service_seconds,
+            memory.sustained_rate,
         )
     done = 0.0
     saturated_rates: list[float] = []
@@ -375,9 +409,14 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
         if name in before and total >= before[name]:
             rate = (total - before[name]) / dt
             done += rate
-            # Saturated, and past its first batch (a pod that just became ready has a queue
-            # but has finished nothing yet).
-            if sample.waiting >= 1 and capacity and before[name] >= capacity:
+            # Saturated with a full batch, and past its first batch (a pod that just became
+            # ready has a queue but has finished nothing yet).
+            if (
+                sample.waiting >= 1
+                and capacity
+                and before[name] >= capacity
+                and sample.running >= capacity * FULL_BATCH_FRACTION
+            ):
                 saturated_rates.append(rate)
     # Pods without a previous counter (new) or not ready (no counters) are not counted: the
     # change of requests in flight then also misses theirs, which the smoothing absorbs.
@@ -388,8 +427,11 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
     )
     alpha = min(1.0, dt / RATE_SMOOTHING_SECONDS)
     arrival = memory.arrival_rate
+    sustained = memory.sustained_rate
     if instant is not None:
         arrival = instant if arrival is None else arrival + alpha * (instant - arrival)
+        slow = min(1.0, dt / SUSTAINED_RATE_SECONDS)
+        sustained = instant if sustained is None else sustained + slow * (instant - sustained)
     replica = memory.replica_rate
     if saturated_rates:
         seen = sum(saturated_rates) / len(saturated_rates)
@@ -404,7 +446,7 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
         # Little's law on the batches: running = completion rate x time in the batch.
         seen_service = load.running / done
         service = seen_service if service is None else service + alpha * (seen_service - service)
-    return _Rates(arrival, replica, counters, obs.now, service)
+    return _Rates(arrival, replica, counters, obs.now, service, sustained)
 
 
 def _demand_slots(
@@ -414,9 +456,11 @@ def _demand_slots(
     rates: _Rates,
     cold_start: float | None,
     loading: bool,
-) -> tuple[float, str, float | None]:
-    """Requests in flight to provision for (before headroom), how it was derived, and what the
-    arrivals alone keep in flight (Little's law; None without counters).
+) -> tuple[float, str, float | None, float | None]:
+    """Requests in flight to provision for (before headroom), how it was derived, what the
+    arrivals alone keep in flight (Little's law; None without counters), and what the
+    sustained arrivals keep in flight plus what drains the waiting backlog within a cold
+    start (None without counters): a re-add after a decrease is judged on that.
 
     The requests in flight; while replicas load, the arrival rate by Little's law when the
     counters allow it and it says less: the queue then grows by itself because nothing new
@@ -434,12 +478,18 @@ def _demand_slots(
         backlog = load.waiting * service / drain_over
         demand = max(load.running, steady) + backlog
         how = f"{rates.arrival:.3g} req/s x {service:.3g} s + backlog {load.waiting:g}"
+        sustained = (rates.sustained if rates.sustained is not None else rates.arrival) * service
         if loading and demand < queued:
             # The queue grows while replicas load (nothing new serves yet): the rate says
             # what the arrivals need, and never more than the queue does.
-            return demand, how, steady
-        return queued, f"{load.waiting:g} waiting + {load.running:g} running", steady
-    return queued, f"{load.waiting:g} waiting + {load.running:g} running", None
+            return demand, how, steady, sustained + backlog
+        return (
+            queued,
+            f"{load.waiting:g} waiting + {load.running:g} running",
+            steady,
+            sustained + backlog,
+        )
+    return queued, f"{load.waiting:g} waiting + {load.running:g} running", None, None
 
 
 def _recommend(
@@ -451,10 +501,12 @@ def _recommend(
     cold_start: float | None,
     loading: bool,
     draining: bool = False,
+    after_down: bool = False,
 ) -> tuple[int, Reason, str, int | None]:
     """Replicas the current load asks for, ignoring windows, step and bounds; and the
     replicas the arrivals alone ask for (None: not known), which is what the scale-down
-    window remembers."""
+    window remembers. `after_down`: the last change was a decrease and the sustained arrival
+    rate has not risen since, so a re-add is judged on the sustained arrivals too."""
     tol = policy.tolerance_percent / 100
     target = policy.target_queue_depth
     if load.in_flight <= 0:
@@ -469,7 +521,9 @@ def _recommend(
                 None,
             )
         return on_hand, Reason.WITHIN_TOLERANCE, "capacity not known yet; holding", None
-    demand, how, steady = _demand_slots(policy, load, capacity, rates, cold_start, loading)
+    demand, how, steady, arrivals = _demand_slots(
+        policy, load, capacity, rates, cold_start, loading
+    )
     # Only a backlog beyond the scale-up trigger that is draining (fewer requests in flight
     # than at the last measurement) makes the two differ by more than noise: a queue that
     # stays (closed-loop clients) is load, not backlog.
@@ -479,7 +533,9 @@ def _recommend(
         if steady is None or not backlog
         else max(1, _ceil((steady + policy.burst_headroom * math.sqrt(steady)) / capacity))
     )
-    raw, reason, message = _size(policy, load, on_hand, capacity, demand, how)
+    raw, reason, message = _size(
+        policy, load, on_hand, capacity, demand, how, arrivals if after_down else None
+    )
     return raw, reason, message, arrivals_ask
 
 
@@ -490,8 +546,11 @@ def _size(
     capacity: float,
     demand: float,
     how: str,
+    reup_arrivals: float | None = None,
 ) -> tuple[int, Reason, str]:
-    """Replicas for `demand` requests in flight, with headroom and hysteresis."""
+    """Replicas for `demand` requests in flight, with headroom and hysteresis.
+    `reup_arrivals`: after a decrease, what the sustained arrivals keep in flight plus the
+    backlog's drain (None: not after a decrease, or not known)."""
     tol = policy.tolerance_percent / 100
     target = policy.target_queue_depth
     slots = demand + policy.burst_headroom * math.sqrt(demand)
@@ -499,6 +558,25 @@ def _size(
     # Scale up once the slots exceed full batches by `targetQueueDepth` per replica, or by
     # the tolerance when that is more (large batches: a few requests more are noise).
     trigger = on_hand * max(capacity + target, capacity * (1 + tol))
+    if slots > trigger + _EPSILON and reup_arrivals is not None:
+        # Re-adding the replica a decrease just took: at high occupancy a full batch runs
+        # slower, so the fewer replicas run nearly full and every Poisson peak crosses the
+        # trigger. If the sustained arrivals (with the backlog's drain within a cold start)
+        # still fit these replicas with headroom and the queue is short, the peak drains
+        # by itself before a new replica could start.
+        sustained_slots = reup_arrivals + policy.burst_headroom * math.sqrt(reup_arrivals)
+        if (
+            sustained_slots <= on_hand * capacity
+            and load.waiting <= REUP_QUEUE_FRACTION * on_hand * capacity
+        ):
+            return (
+                on_hand,
+                Reason.WITHIN_TOLERANCE,
+                (
+                    f"{how}: {slots:.4g} slots on a peak, but the sustained arrivals need "
+                    f"{sustained_slots:.4g} of {on_hand * capacity:.4g} and the queue drains"
+                ),
+            )
     if slots > trigger + _EPSILON:
         return (
             max(on_hand + 1, _ceil(up)),
@@ -608,8 +686,15 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
     else:
         loading = any(p.scheduled and not p.ever_served for p in obs.starting)
         draining = memory.in_flight is not None and load.in_flight < memory.in_flight
+        # The last change was a decrease, and the sustained arrival rate has not risen since
+        # (by more than the tolerance): a rising load is never held back.
+        after_down = (
+            memory.down_rate is not None
+            and rates.sustained is not None
+            and rates.sustained <= memory.down_rate * (1 + tol)
+        )
         raw, reason, message, arrivals_ask = _recommend(
-            policy, load, on_hand, capacity, rates, cold_start, loading, draining
+            policy, load, on_hand, capacity, rates, cold_start, loading, draining, after_down
         )
         if on_hand == 0 and demand_fresh:
             raw = max(raw, 1)
@@ -680,16 +765,29 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             counters_at=rates.counters_at,
             in_flight=load.in_flight if rates.counters_at == now else memory.in_flight,
             arrival_rate=rates.arrival,
+            sustained_rate=rates.sustained,
             replica_rate=rates.replica,
             service_seconds=rates.service,
             cold_start_seconds=cold_start,
             unreadable_since=unreadable,
             answered=answered,
+            down_rate=_down_rate(memory.down_rate, rates.sustained, current, desired),
         ),
         queue_depth=load.waiting,
         running=load.running,
         recommendation=raw,
     )
+
+
+def _down_rate(
+    previous: float | None, sustained: float | None, current: int, desired: int
+) -> float | None:
+    """The sustained arrival rate at the last decrease; None once replicas were added."""
+    if desired < current:
+        return sustained
+    if desired > current:
+        return None
+    return previous
 
 
 def _remember(
