@@ -389,6 +389,22 @@ def test_capacity_from_kv_headroom(load: PodLoad, before: float | None, after: f
     assert d.memory.capacity_per_replica == pytest.approx(after)
 
 
+@pytest.mark.parametrize(
+    ("load", "rate_after"),
+    [
+        # Requests got shorter: twice as many fit, each still runs as long in a batch, so a
+        # replica completes 2 x 47.5 / 24 = 3.96/s until a full batch of them is measured.
+        (PodLoad(0, 20, kv_cache_usage=0.4), 2.0 * 47.5 / 24.0),
+        # `c` within the tolerance: the measured rate stands.
+        (PodLoad(0, 20, kv_cache_usage=0.76), 2.0),
+    ],
+)
+def test_a_changed_capacity_scales_the_replica_rate(load: PodLoad, rate_after: float) -> None:
+    memory = ScalerMemory(last_load_at=1000.0, capacity_per_replica=24.0, replica_rate=2.0)
+    d = decide(policy(), Observation(1000.0, 1, (load,)), memory)
+    assert d.memory.replica_rate == pytest.approx(rate_after)
+
+
 # ---------------------------------------------------------------- hold from the cold start
 @pytest.mark.parametrize(
     ("explicit", "cold_start", "window"),

@@ -7,7 +7,9 @@ How replicas are sized (see docs/autoscaling.md):
 - A replica's capacity `c` (requests it runs at once) is learned: a pod with a queue runs as
   many as it can; an unsaturated pod's KV cache in use tells how many more would fit (so `c`
   also grows when requests get shorter). A lower `c` is believed only once it persists for
-  `CAPACITY_CONFIRM_SECONDS`.
+  `CAPACITY_CONFIRM_SECONDS`. When `c` moves by more than the tolerance, a replica's
+  completion rate moves with it (a request's time in a batch is assumed unchanged until a
+  full batch of the new requests is measured).
 - The load to carry is the arrival rate, by Little's law: requests in flight at full batches
   = arrival rate x service time. The arrival rate is the pods' completion counters plus the
   change of requests in flight; the service time at full batches is `c` over the completion
@@ -663,6 +665,11 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         known = float(policy.capacity_hint)  # until measured; a saturated replica corrects it
     tol = policy.tolerance_percent / 100
     capacity, lower_since = _learn_capacity(obs, known, memory.lower_capacity_since, tol)
+    if memory.replica_rate and known and capacity and abs(capacity - known) > tol * known:
+        # The requests changed (a KV estimate or a saturated batch moved `c` by more than the
+        # tolerance): until a full batch of them is measured, a request's time in a batch is
+        # assumed unchanged, so a replica completes proportionally more (or fewer) of them.
+        memory = dataclasses.replace(memory, replica_rate=memory.replica_rate * capacity / known)
     rates = _rates(obs, memory, load, capacity)
     cold_start = _cold_start(obs, memory.cold_start_seconds)
     window = scale_down_window(policy, cold_start)
