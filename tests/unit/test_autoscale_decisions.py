@@ -318,7 +318,7 @@ class ReaddCase:
 # 22 in flight + sqrt(22) = 26.7 slots cross it.
 READDS = [
     # A peak after a decrease: the sustained arrivals (1.2/s x 10 s = 12, + backlog 2 x 10 /
-    # 60 s, + sqrt = 15.9 slots) fit the 2 replicas' 20, and 2 waiting drain by themselves.
+    # 60 s = 12.3 in flight) fit the 2 replicas' 20, and 2 waiting drain by themselves.
     ReaddCase("a peak after a decrease is held", 1.0, 1.2, 1.2, 2),
     # The same peak with no decrease since the last change: the queue rule scales up.
     ReaddCase("no decrease before: up", 1.0, 1.2, None, 3),
@@ -326,8 +326,10 @@ READDS = [
     ReaddCase("rising load is never held", 1.0, 1.2, 1.0, 3),
     # More than half the replicas' batches wait (12 > 10): up.
     ReaddCase("a long queue is not a peak", 6.0, 1.2, 1.2, 4),
-    # The sustained arrivals need more than the replicas hold (1.9/s: 19 + 0.3 + 4.4): up.
-    ReaddCase("sustained arrivals that do not fit", 1.0, 1.9, 1.9, 3),
+    # The sustained arrivals need more than the replicas hold (2.1/s: 21 + 0.3): up.
+    ReaddCase("sustained arrivals that do not fit", 1.0, 2.1, 2.1, 3),
+    # 1.9/s (19.3 in flight) still fit: held (the peak itself is what headroom is for).
+    ReaddCase("sustained arrivals fit without headroom", 1.0, 1.9, 1.9, 2),
 ]
 
 
@@ -353,6 +355,8 @@ def test_a_replica_taken_by_a_decrease_comes_back_only_for_sustained_load(
     d = decide(policy(burst_headroom=1.0), obs, memory)
     assert d.memory.sustained_rate == pytest.approx(case.sustained)
     assert d.desired_replicas == case.desired, d.message
+    held = d.desired_replicas == 2
+    assert (d.reason == Reason.PEAK_AFTER_SCALE_DOWN) == held, d.reason
 
 
 def test_the_rate_at_a_decrease_is_kept_until_replicas_are_added() -> None:

@@ -202,6 +202,7 @@ class Reason(enum.StrEnum):
     QUEUE_ABOVE_TARGET = "QueueAboveTarget"
     LOAD_BELOW_CAPACITY = "LoadBelowCapacity"
     WITHIN_TOLERANCE = "WithinTolerance"
+    PEAK_AFTER_SCALE_DOWN = "PeakAfterScaleDown"
     STABILIZING_DOWN = "StabilizingDown"
     STABILIZING_UP = "StabilizingUp"
     SCALE_UP_LIMITED = "ScaleUpLimited"
@@ -560,25 +561,26 @@ def _size(
     # Scale up once the slots exceed full batches by `targetQueueDepth` per replica, or by
     # the tolerance when that is more (large batches: a few requests more are noise).
     trigger = on_hand * max(capacity + target, capacity * (1 + tol))
-    if slots > trigger + _EPSILON and reup_arrivals is not None:
-        # Re-adding the replica a decrease just took: at high occupancy a full batch runs
-        # slower, so the fewer replicas run nearly full and every Poisson peak crosses the
-        # trigger. If the sustained arrivals (with the backlog's drain within a cold start)
-        # still fit these replicas with headroom and the queue is short, the peak drains
-        # by itself before a new replica could start.
-        sustained_slots = reup_arrivals + policy.burst_headroom * math.sqrt(reup_arrivals)
-        if (
-            sustained_slots <= on_hand * capacity
-            and load.waiting <= REUP_QUEUE_FRACTION * on_hand * capacity
-        ):
-            return (
-                on_hand,
-                Reason.WITHIN_TOLERANCE,
-                (
-                    f"{how}: {slots:.4g} slots on a peak, but the sustained arrivals need "
-                    f"{sustained_slots:.4g} of {on_hand * capacity:.4g} and the queue drains"
-                ),
-            )
+    # Re-adding the replica a decrease just took: at high occupancy a full batch runs slower,
+    # so the fewer replicas run nearly full and every Poisson peak crosses the trigger. If the
+    # sustained arrivals (with the backlog's drain within a cold start) still fit these
+    # replicas' full batches and the queue is short, the peak drains by itself before a new
+    # replica could start. No headroom here: the peak is what the headroom is for, and the
+    # queue limit bounds it.
+    if (
+        slots > trigger + _EPSILON
+        and reup_arrivals is not None
+        and reup_arrivals <= on_hand * capacity
+        and load.waiting <= REUP_QUEUE_FRACTION * on_hand * capacity
+    ):
+        return (
+            on_hand,
+            Reason.PEAK_AFTER_SCALE_DOWN,
+            (
+                f"{how}: {slots:.4g} slots on a peak, but the sustained arrivals need "
+                f"{reup_arrivals:.4g} of {on_hand * capacity:.4g} and the queue drains"
+            ),
+        )
     if slots > trigger + _EPSILON:
         return (
             max(on_hand + 1, _ceil(up)),
