@@ -303,6 +303,23 @@ def test_replica_rate_is_learned_from_full_batches_only() -> None:
     assert d.memory.replica_rate == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize(("per_second", "after"), [(6.0, 4.2), (2.0, 3.8)])
+def test_replica_rate_is_smoothed_the_same_way_up_and_down(per_second: float, after: float) -> None:
+    # A saturated pod with a full batch completed `per_second` over 12 s; the rate learned so
+    # far is 4/s: a tenth of the way (12 s of 120 s) towards it, whether higher or lower.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0),),
+        counters_at=988.0,
+        in_flight=13.0,
+        replica_rate=4.0,
+    )
+    obs = counted(1000.0, [(3, 10, 100.0 + 12 * per_second)])
+    d = decide(policy(), obs, memory)
+    assert d.memory.replica_rate == pytest.approx(after)
+
+
 # ---------------------------------------------------------------- re-adding after a decrease
 @dataclass(frozen=True)
 class ReaddCase:

@@ -59,6 +59,8 @@ DEFAULT_DRAIN_SECONDS = 60.0  # a pod starting for longer is stuck, not slow
 # with a short queue below a full batch (uneven KV reservations, a new share) completes fewer
 # and would bias the rate low, so the arrivals would look heavier than they are.
 FULL_BATCH_FRACTION = 0.97
+# A saturated replica's completion rate is smoothed over about this long.
+REPLICA_RATE_SMOOTHING_SECONDS = 120.0
 # The sustained arrival rate (what a scale-down is judged against) is smoothed over this long.
 SUSTAINED_RATE_SECONDS = 120.0
 # After a decrease, a replica comes back on a Poisson peak only with a queue above this
@@ -438,12 +440,14 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
     replica = memory.replica_rate
     if saturated_rates:
         seen = sum(saturated_rates) / len(saturated_rates)
-        # A higher rate is believed at once; a lower one slowly (a batch that just filled
-        # holds the long requests the short ones left behind, and completes fewer for a while).
-        if replica is None or seen >= replica:
+        # Smoothed the same way up and down: the completions of a few seconds are noisy, and
+        # believing every higher sample at once made the rate the envelope of the noise
+        # (70B: 1.5-1.7/s where a saturated replica completes 1.31/s), so a request's time
+        # in a batch came out short and the sizing while replicas load a fifth low.
+        if replica is None:
             replica = seen
         else:
-            replica += alpha / 4 * (seen - replica)
+            replica += min(1.0, dt / REPLICA_RATE_SMOOTHING_SECONDS) * (seen - replica)
     service = memory.service_seconds
     if done > 0 and load.running > 0:
         # Little's law on the batches: running = completion rate x time in the batch.
