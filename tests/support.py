@@ -268,6 +268,22 @@ class OperatorProcess:
             return text
 
 
+def flock_post(operator: OperatorProcess, path: str, token: str, body: bytes | list[bytes]) -> int:
+    """POST a body to the operator's flock API and return the status code; a list of parts
+    is sent chunked, without a Content-Length."""
+    request = urllib.request.Request(
+        f"{operator.flock_url}{path}",
+        data=body if isinstance(body, bytes) else iter(body),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
 def make_webhook_certs(directory: Path) -> Path:
     """A CA and a serving certificate for https://127.0.0.1 (tls.crt, tls.key, ca.crt)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,6 @@ import base64
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from support import (
     OperatorProcess,
     apply,
     condition,
+    flock_post,
     fresh_namespace,
     get_json,
     wait_for,
@@ -165,17 +164,8 @@ def test_an_embedding_stage_at_an_expert_that_cannot_embed_is_refused(
 
 
 def _report(operator: OperatorProcess, token: str, body: dict[str, Any]) -> int:
-    request = urllib.request.Request(
-        f"{operator.flock_url}/flock/v1/namespaces/{NS}/routingpolicies/good/classifier",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
+    path = f"/flock/v1/namespaces/{NS}/routingpolicies/good/classifier"
+    return flock_post(operator, path, token, json.dumps(body).encode())
 
 
 def test_router_reports_become_the_classifier_degraded_condition(

@@ -21,6 +21,7 @@ from support import (
     OperatorProcess,
     apply,
     condition,
+    flock_post,
     fresh_namespace,
     get_json,
     model_expert,
@@ -273,21 +274,6 @@ def _flock(
         return error.code, json.loads(error.read() or b"{}")
 
 
-def _flock_raw(operator: OperatorProcess, path: str, token: str, body: bytes | list[bytes]) -> int:
-    """POST a raw body; a list of parts is sent chunked, without a Content-Length."""
-    request = urllib.request.Request(
-        f"{operator.flock_url}{path}",
-        data=body if isinstance(body, bytes) else iter(body),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 def test_flock_api_shows_each_router_only_its_policy(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
@@ -321,10 +307,10 @@ def test_flock_api_shows_each_router_only_its_policy(
     )
     # Bodies are bounded whether or not they declare their length, and bad JSON is a 400.
     demand = f"{base}/portfolio/demand"
-    assert _flock_raw(operator, demand, token, [b'{"expert": "code-7b", "pad": "'] * 300) == 413
-    assert _flock_raw(operator, demand, token, b"[" * 5000 + b"]" * 5000) == 413
-    assert _flock_raw(operator, demand, token, b"[" * 4000) == 400
-    assert _flock_raw(operator, f"{base}/portfolio/retrieval", token, [b"[" * 2000] * 2) == 400
+    assert flock_post(operator, demand, token, [b'{"expert": "code-7b", "pad": "'] * 300) == 413
+    assert flock_post(operator, demand, token, b"[" * 5000 + b"]" * 5000) == 413
+    assert flock_post(operator, demand, token, b"[" * 4000) == 400
+    assert flock_post(operator, f"{base}/portfolio/retrieval", token, [b"[" * 2000] * 2) == 400
 
 
 @pytest.fixture(scope="module")
