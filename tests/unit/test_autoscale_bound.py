@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import itertools
 import random
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from autoscale_tiny import TINY
 
 from autoscale_bound import SegmentModel, plan
-from autoscale_workloads import BASE_MIX, ModelSize, Workload, poisson
+from autoscale_workloads import BASE_MIX, Workload, poisson
 
-TINY = ModelSize(
-    "tiny",
-    gpus=1,
-    max_seqs=8,
-    kv_capacity=8 * BASE_MIX.kv_tokens,
-    step_base=0.01,
-    step_per_seq=0.001,
-    prefill_tokens_per_second=50_000,
-    cold_start_seconds=10,
-    ttft_slo=2.0,
-    tpot_slo=1.0,
-)
 SEGMENT = 10
 SEGMENTS = 5
 N_MAX = 3

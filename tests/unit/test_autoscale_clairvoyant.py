@@ -7,32 +7,16 @@ Both are checked on tiny cases replayed in the real simulation.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from autoscale_tiny import TINY
 
 from autoscale_bound import plan
 from autoscale_clairvoyant import schedule_for, search, segment_loads
 from autoscale_policies import Replay
 from autoscale_sim import TARGETS, feasible_plans, simulate, steady_replicas
-from autoscale_workloads import BASE_MIX, LONG_MIX, ModelSize, Workload
-
-TINY = ModelSize(
-    "tiny",
-    gpus=1,
-    max_seqs=8,
-    kv_capacity=8 * BASE_MIX.kv_tokens,
-    step_base=0.01,
-    step_per_seq=0.001,
-    prefill_tokens_per_second=50_000,
-    cold_start_seconds=10,
-    ttft_slo=2.0,
-    tpot_slo=1.0,
-)
+from autoscale_workloads import BASE_MIX, LONG_MIX, Workload
 
 
 @pytest.mark.parametrize(
