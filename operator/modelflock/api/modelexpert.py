@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from modelflock.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -36,6 +37,13 @@ DEFAULT_STALE_METRICS_SECONDS = 60
 DEFAULT_TOLERANCE_PERCENT = 10
 DEFAULT_MAX_SCALE_UP_STEP = 4
 DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS = 600
+MAX_SCHEDULES = 16
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+# An IANA time zone name's shape (Europe/Berlin, America/Argentina/Buenos_Aires, UTC,
+# Etc/GMT+5); the operator also checks that the zone exists.
+TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 
 
 class LoraAdapter(ApiModel):
@@ -200,6 +208,73 @@ class WeightsCache(ApiModel):
     )
 
 
+class ScheduledMinimum(ApiModel):
+    """A floor above minReplicas in known busy hours, from one cold start before start to end."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.start != self.end",
+                    "message": "start and end must differ (end before start: the window runs"
+                    " past midnight)",
+                    "fieldPath": ".end",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    }
+
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(WEEKDAYS),
+        min_length=1,
+        max_length=7,
+        description="Days the window starts on (Mon..Sun). Default: every day.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    start: str = Field(
+        description='Local time the replicas must be ready, "HH:MM" (24 h).',
+        pattern=CLOCK_PATTERN,
+        max_length=5,
+    )
+    end: str = Field(
+        description='Local time the floor ends, "HH:MM" (24 h); then the normal scale-down'
+        " rules apply. Before start: the window ends the next day (overnight).",
+        pattern=CLOCK_PATTERN,
+        max_length=5,
+    )
+    time_zone: str = Field(
+        default="UTC",
+        description="IANA time zone of start and end, e.g. Europe/Berlin (daylight saving"
+        " time followed). Default: UTC.",
+        min_length=1,
+        max_length=64,
+        pattern=TIME_ZONE_PATTERN,
+    )
+    min_replicas: int = Field(
+        ge=0,
+        le=1000,
+        description="Fewest replicas during the window (at most maxReplicas).",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown IANA time zone {value!r}") from error
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> ScheduledMinimum:
+        if self.start == self.end:
+            raise ValueError(
+                "start and end must differ (end before start: the window runs past midnight)"
+            )
+        return self
+
+
 class Autoscaling(ApiModel):
     """Queue-depth autoscaling; when disabled, spec.replicas rules."""
 
@@ -282,6 +357,23 @@ class Autoscaling(ApiModel):
         " without a KV-cache metric), the first wake from zero and the first scale-up before"
         " any replica was saturated add one replica at a time.",
     )
+    schedules: list[ScheduledMinimum] = Field(
+        default_factory=list,
+        max_length=MAX_SCHEDULES,
+        description="Scheduled minimums for known busy hours (e.g. office hours): each holds at"
+        " least its minReplicas from one learned cold start before its start until its end;"
+        " overlapping windows hold the highest.",
+    )
+
+    @model_validator(mode="after")
+    def _schedules_within_max(self) -> Autoscaling:
+        for i, s in enumerate(self.schedules):
+            if s.min_replicas > self.max_replicas:
+                raise ValueError(
+                    f"schedules[{i}].minReplicas ({s.min_replicas}) must be less than or equal"
+                    f" to maxReplicas ({self.max_replicas})"
+                )
+        return self
 
 
 class ExternalApi(ApiModel):
@@ -450,7 +542,14 @@ class ModelExpertSpec(ApiModel):
                     "message": "minReplicas must be less than or equal to maxReplicas",
                     "fieldPath": ".minReplicas",
                     "reason": "FieldValueInvalid",
-                }
+                },
+                {
+                    "rule": "!has(self.schedules)"
+                    " || self.schedules.all(s, s.minReplicas <= self.maxReplicas)",
+                    "message": "schedules[].minReplicas must be less than or equal to maxReplicas",
+                    "fieldPath": ".schedules",
+                    "reason": "FieldValueInvalid",
+                },
             ]
         },
     )

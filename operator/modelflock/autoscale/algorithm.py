@@ -28,6 +28,8 @@ How replicas are sized (see docs/autoscaling.md):
   from how long its pods took to become ready. Increases are immediate but capped per step.
 - A pod whose metrics cannot be read is assumed as busy as the pods that answer and holds
   scale-down for `staleMetricsSeconds`; after that it counts as stale and no longer does.
+- A scheduled minimum (`schedule.py`) is a floor above `minReplicas` from one learned cold
+  start before its window until its end; the wall-clock time comes in the observation.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
+from datetime import datetime
+
+from modelflock.autoscale.schedule import Schedule, scheduled_floor
 
 # Ceil of float ratios without turning 3.0000000001 into 4.
 _EPSILON = 1e-9
@@ -90,6 +95,8 @@ class ScalingPolicy:
     burst_headroom: float = 1.0
     # A pod unreadable for this long stops holding scale-down (spec.staleMetricsSeconds).
     stale_metrics_seconds: int = 60
+    # Floors above min_replicas in known busy hours (spec.autoscaling.schedules).
+    schedules: tuple[Schedule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -106,6 +113,8 @@ class ScalingPolicy:
             raise ValueError("max_scale_up_step must be >= 1")
         if not 0 <= self.burst_headroom <= 10:
             raise ValueError("burst_headroom must be in [0, 10]")
+        if any(s.min_replicas > self.max_replicas for s in self.schedules):
+            raise ValueError("a schedule's min_replicas must be <= max_replicas")
         for name in (
             "scale_up_window_seconds",
             "scale_down_window_seconds",
@@ -150,7 +159,8 @@ class Demand:
 class Observation:
     """What the loop saw this tick. `ready` has one entry per ready pod; None = scrape failed.
     `names` are the ready pods' names in the same order (empty: not known, then pods are
-    never stale and completion counters are not used)."""
+    never stale and completion counters are not used). `wall_clock` is the time of day (an
+    aware datetime; `now` may be a monotonic clock): only scheduled minimums read it."""
 
     now: float
     current_replicas: int
@@ -158,6 +168,7 @@ class Observation:
     starting: tuple[StartingPod, ...] = ()
     demand: Demand | None = None
     names: tuple[str, ...] = ()
+    wall_clock: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,7 @@ class Reason(enum.StrEnum):
     IDLE = "Idle"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     WAITING_FOR_STARTING_PODS = "WaitingForStartingPods"
+    SCHEDULED_MINIMUM = "ScheduledMinimum"
 
 
 @dataclass(frozen=True, slots=True)
@@ -763,6 +775,15 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             )
 
     desired, reason, message = _bound(policy, current, desired, reason, message)
+    floor, why = scheduled_floor(policy.schedules, obs.wall_clock, cold_start)
+    if desired < min(floor, policy.max_replicas):
+        # Like minReplicas, reaching the floor is not limited by the step; the window above
+        # remembers what the load asked for, so the floor's replicas go once it ends.
+        desired, reason, message = (
+            min(floor, policy.max_replicas),
+            Reason.SCHEDULED_MINIMUM,
+            f"{message}; {why}",
+        )
     desired, reason, message = _protect_starting(obs, current, desired, reason, message)
 
     return Decision(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from modelflock.autoscale.algorithm import (
     Decision,
@@ -46,10 +47,12 @@ async def evaluate(
     demand: Demand | None,
     memory: ScalerMemory,
     now: float,
+    wall_clock: datetime | None = None,
 ) -> Evaluation:
     """Sample every ready pod through `source` and return the decision for this tick.
 
-    `now` and `demand.at` must come from the same clock (the DemandStore's, monotonic).
+    `now` and `demand.at` must come from the same clock (the DemandStore's, monotonic);
+    `wall_clock` is the aware time of day the scheduled minimums are read at.
     """
     samples: Sequence[PodLoad | None] = await source.sample(pods.ready) if pods.ready else []
     if len(samples) != len(pods.ready):
@@ -62,6 +65,7 @@ async def evaluate(
         starting=pods.starting,
         names=tuple(p.name for p in pods.ready),
         demand=demand,
+        wall_clock=wall_clock,
     )
     return Evaluation(
         decision=decide(policy, observation, memory),

@@ -14,16 +14,24 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from datetime import time as dt_time
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from modelflock.api.common import GROUP, VERSION, object_document
-from modelflock.api.modelexpert import ModelExpert, ModelExpertSpec, ModelExpertStatus
+from modelflock.api.modelexpert import (
+    WEEKDAYS,
+    ModelExpert,
+    ModelExpertSpec,
+    ModelExpertStatus,
+    ScheduledMinimum,
+)
 from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod, remembered
 from modelflock.autoscale.loop import ExpertPods, evaluate
 from modelflock.autoscale.metrics_parse import Engine
+from modelflock.autoscale.schedule import Schedule
 from modelflock.autoscale.sources import MetricSource, PodTarget, PrometheusSource, ScrapeSource
 from modelflock.controller.context import ExpertState, ObjectKey, OperatorContext, child_marker
 from modelflock.controller.kube import api_error_message, refusal_message
@@ -73,6 +81,18 @@ def scaling_policy(spec: ModelExpertSpec) -> ScalingPolicy:
         capacity_hint=scaling.capacity_hint,
         burst_headroom=scaling.burst_headroom,
         stale_metrics_seconds=scaling.stale_metrics_seconds,
+        schedules=tuple(schedule(s) for s in scaling.schedules),
+    )
+
+
+def schedule(spec: ScheduledMinimum) -> Schedule:
+    """A spec.autoscaling.schedules entry as the algorithm takes it."""
+    return Schedule(
+        start=dt_time.fromisoformat(spec.start),
+        end=dt_time.fromisoformat(spec.end),
+        min_replicas=spec.min_replicas,
+        days=frozenset(WEEKDAYS.index(d) for d in spec.days),
+        time_zone=spec.time_zone,
     )
 
 
@@ -360,6 +380,7 @@ async def autoscale_tick(
             learned.cold_start_seconds if learned else None,
         ),
         time.monotonic(),  # the DemandStore's clock
+        wall_clock=now,  # scheduled minimums read the time of day
     )
     decision = evaluation.decision
     state.scaler = decision.memory
