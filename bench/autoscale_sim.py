@@ -22,6 +22,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock
 from pathlib import Path
 from typing import cast
 
@@ -53,8 +55,18 @@ from autoscale_workloads import (
     poisson,
     workloads,
 )
-from modelflock.autoscale import algorithm
-from modelflock.autoscale.algorithm import ScalerMemory, ScalingPolicy, remembered
+from modelflock.autoscale import algorithm, schedule
+from modelflock.autoscale.algorithm import (
+    Demand,
+    Observation,
+    PodLoad,
+    ScalerMemory,
+    ScalingPolicy,
+    StartingPod,
+    decide,
+    remembered,
+)
+from modelflock.autoscale.schedule import Schedule
 
 MAX_REPLICAS = 10
 WARM_UP_SECONDS = 300  # served at the first second's load, not counted
@@ -121,6 +133,64 @@ def _hand_fed(size: ModelSize, knob: float) -> Policy:
     return Hpa("hpa hand-fed (reference)", in_flight_total, target=knob * size.batch(BASE_MIX))
 
 
+# "ours + schedule" runs only on the business-hours workloads. Their 3-hour day is read as a
+# Monday from 08:15 UTC (run second 0): the office opens at 09:00 (second 2700, the first
+# arrivals) and closes at 10:00 (second 7200; people leave until 10:15). The schedule is what
+# a user writes for it: their office hours, and the replicas the expert ran at in office hours
+# without it (2). The replicas are started one learned cold start before 09:00.
+SCHEDULED = "ours + schedule"
+SCHEDULED_WORKLOAD = "business hours"
+DAY_START = datetime(2026, 11, 30, 8, 15, tzinfo=UTC)  # a Monday
+OFFICE_HOURS = Schedule(
+    start=clock(9, 0), end=clock(10, 0), min_replicas=2, days=frozenset(range(5))
+)
+
+
+@dataclass
+class ScheduledOurs(Ours):
+    """Ours with the time of day in its observation (second 0 is `DAY_START`), as the
+    operator passes the wall clock; otherwise the same observation as `Ours`."""
+
+    def decide(self, view: View) -> int:
+        obs = Observation(
+            now=float(view.now),
+            current_replicas=view.replicas,
+            ready=tuple(
+                PodLoad(
+                    float(s.waiting),
+                    float(s.running),
+                    kv_cache_usage=s.kv_usage,
+                    completed=float(s.completed),
+                )
+                for s in view.samples
+            ),
+            names=tuple(f"pod-{s.pod}" for s in view.samples),
+            starting=tuple(StartingPod(age_seconds=a) for a in view.starting_ages),
+            demand=Demand(view.now, view.held_by_router) if view.held_by_router else None,
+            wall_clock=DAY_START + timedelta(seconds=view.now),
+        )
+        decision = decide(self.policy, obs, self.memory)
+        self.memory = decision.memory
+        self.message = decision.message
+        return decision.desired_replicas
+
+
+def _ours_scheduled(size: ModelSize, knob: float) -> Policy:
+    # Ours as above, with the office hours' scheduled minimum.
+    batch, rate = saturated(size, BASE_MIX)
+    memory = remembered(ScalerMemory(), batch, batch / rate, size.cold_start_seconds)
+    return ScheduledOurs(
+        ScalingPolicy(
+            min_replicas=0,
+            max_replicas=MAX_REPLICAS,
+            burst_headroom=knob,
+            schedules=(OFFICE_HOURS,),
+        ),
+        memory=memory,
+        name=SCHEDULED,
+    )
+
+
 FAMILIES = (
     Family("ours", "burstHeadroom", 1.0, (0.0, 1.0, 3.0), _ours),
     Family("keda recipe", "threshold", 5, (1, 2, 5), _keda),
@@ -130,6 +200,12 @@ FAMILIES = (
     Family("kubeai-like", "target x", 1.0, (), _kubeai),
     Family("hpa hand-fed (reference)", "target x", 1.0, (), _hand_fed),
 )
+# Run only where it applies (see SCHEDULED_WORKLOAD), at its default.
+SCHEDULED_FAMILY = Family(SCHEDULED, "burstHeadroom", 1.0, (), _ours_scheduled)
+
+
+def _family(name: str) -> Family:
+    return next(f for f in (*FAMILIES, SCHEDULED_FAMILY) if f.name == name)
 
 
 # -- one run ------------------------------------------------------------------------------
@@ -273,6 +349,8 @@ def case_units(case: Case) -> list[Unit]:
     for fam in FAMILIES:
         knobs = sorted({fam.default, *fam.sweep}) if case.sweep else [fam.default]
         units += [Unit(case, fam.name, knob) for knob in knobs]
+    if case.workload.startswith(SCHEDULED_WORKLOAD):
+        units.append(Unit(case, SCHEDULED, SCHEDULED_FAMILY.default))
     return units
 
 
@@ -296,7 +374,7 @@ def run_unit(unit: Unit) -> tuple[Unit, Payload]:
         )
         return unit, found
     if unit.family is not None:
-        fam = next(f for f in FAMILIES if f.name == unit.family)
+        fam = _family(unit.family)
         assert unit.knob is not None
         result = simulate(
             workload,
@@ -436,7 +514,7 @@ def defaults_table(cases: Sequence[CaseResult]) -> str:
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for c in cases:
         groups.setdefault((c.case.size, c.case.workload), []).append(c)
-    defaults = {f.name: f.default for f in FAMILIES}
+    defaults = {f.name: f.default for f in (*FAMILIES, SCHEDULED_FAMILY)}
     for (size, workload), group in groups.items():
         names = [r.family for r in group[0].results if r.knob in (None, defaults.get(r.family))]
         for name in dict.fromkeys(names):
@@ -642,6 +720,41 @@ def goals_summary(cases: Sequence[CaseResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def schedule_table(cases: Sequence[CaseResult]) -> str:
+    """Business hours: ours at its default with and without the office hours' scheduled
+    minimum, against the feasible plan and the fluid bound at 99 % (mean and range over
+    seeds; "n/r on k": no feasible plan reached 99 % on k seeds)."""
+    lines = [
+        "| model | workload | seeds | policy | SLO attainment | GPU-hours | / feasible plan @99 |"
+        " / bound @99 | goal against the optimum: met / open / missed |"
+        " direction changes / load changes |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for c in cases:
+        if any(r.family == SCHEDULED for r in c.results):
+            groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    for (size, workload), group in groups.items():
+        for name in ("ours", SCHEDULED):
+            runs = [
+                (c, next(r for r in c.results if r.family == name and r.knob == 1.0)) for c in group
+            ]
+            brackets = [bracket(c, r) for c, r in runs]
+            n = len(runs)
+            lines.append(
+                f"| {size} | {workload} | {n} | {name} | "
+                f"{_fmt_range([100 * r.attainment for _, r in runs], '.1f')} | "
+                f"{_fmt_range([r.gpu_hours for _, r in runs], '.2f')} | "
+                f"{_with_missing([b.vs_feasible for b in brackets], n)} | "
+                f"{_with_missing([b.vs_fluid for b in brackets], n)} | "
+                + " / ".join(
+                    str(sum(b.verdict == v for b in brackets)) for v in ("met", "open", "missed")
+                )
+                + f" | {_fmt_range([r.direction_changes / max(1, c.load_changes) for c, r in runs], '.1f')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def beaten_bounds(cases: Sequence[CaseResult]) -> list[str]:
     """Runs that reached a target with fewer GPU-hours than its bound (should never happen)."""
     out = []
@@ -672,11 +785,15 @@ def _fingerprint(family: str | None) -> str:
         h.update(inspect.getsource(feasible_plans).encode())
         h.update(repr((TARGETS, MAX_REPLICAS)).encode())
     else:
-        fam = next(f for f in FAMILIES if f.name == family)
+        fam = _family(family)
         h.update(inspect.getsource(fam.make).encode())
         h.update(repr(MAX_REPLICAS).encode())
-        if fam.make is _ours:
+        if fam.make in (_ours, _ours_scheduled):
             h.update(Path(str(algorithm.__file__)).read_bytes())
+            h.update(Path(str(schedule.__file__)).read_bytes())
+        if fam.make is _ours_scheduled:
+            h.update(inspect.getsource(ScheduledOurs).encode())
+            h.update(repr((DAY_START, OFFICE_HOURS)).encode())
     return h.hexdigest()[:12]
 
 
@@ -770,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         None: _fingerprint(None),
         FEASIBLE: _fingerprint(FEASIBLE),
     }
-    fingerprints.update({f.name: _fingerprint(f.name) for f in FAMILIES})
+    fingerprints.update({f.name: _fingerprint(f.name) for f in (*FAMILIES, SCHEDULED_FAMILY)})
     durations = {w.name: w.duration for w in workloads(0)}
     # Seed by seed (a stopped run leaves whole seeds), the bounds and long workloads first.
     units = sorted(
@@ -813,6 +930,11 @@ def main(argv: list[str] | None = None) -> int:
             text += (
                 f"\n### Goals on the seeds not used for tuning ({args.held_out})\n\n"
                 + goals_summary(held)
+            )
+        if any(r.family == SCHEDULED for c in done for r in c.results):
+            text += (
+                "\n### Business hours with a scheduled minimum (ours at its default)\n\n"
+                + schedule_table(done)
             )
         text += "\n### Goals per workload and seed\n\n" + goals_table(done)
         beaten = beaten_bounds(done)

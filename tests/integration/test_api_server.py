@@ -128,6 +128,12 @@ def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 DELETE = object()
 
+
+def _window(**fields: Any) -> dict[str, Any]:
+    """A valid spec.autoscaling.schedules entry with `fields` changed."""
+    return {"start": "09:00", "end": "17:00", "minReplicas": 1, **fields}
+
+
 # (id, manifest, text the API server's message must contain)
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("wrong-engine", _with(VALID_EXPERT, "spec.engine", "llamacpp"), "spec.engine"),
@@ -142,6 +148,36 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "min-above-max",
         _with(VALID_EXPERT, "spec.autoscaling.minReplicas", 3),
         "spec.autoscaling.minReplicas",
+    ),
+    (
+        "schedule-min-above-max",
+        _with(VALID_EXPERT, "spec.autoscaling.schedules", [_window(minReplicas=3)]),
+        "spec.autoscaling.schedules",
+    ),
+    (
+        "schedule-bad-start",
+        _with(VALID_EXPERT, "spec.autoscaling.schedules", [_window(start="9:00")]),
+        "spec.autoscaling.schedules[0].start",
+    ),
+    (
+        "schedule-start-equals-end",
+        _with(VALID_EXPERT, "spec.autoscaling.schedules", [_window(end="09:00")]),
+        "spec.autoscaling.schedules[0].end",
+    ),
+    (
+        "schedule-bad-day",
+        _with(VALID_EXPERT, "spec.autoscaling.schedules", [_window(days=["Monday"])]),
+        "spec.autoscaling.schedules[0].days[0]",
+    ),
+    (
+        "schedule-bad-time-zone",
+        _with(VALID_EXPERT, "spec.autoscaling.schedules", [_window(timeZone="Europe Berlin")]),
+        "spec.autoscaling.schedules[0].timeZone",
+    ),
+    (
+        "schedule-without-min",
+        _with(VALID_EXPERT, "spec.autoscaling.schedules", [{"start": "09:00", "end": "17:00"}]),
+        "spec.autoscaling.schedules[0].minReplicas",
     ),
     ("missing-model", _with(VALID_EXPERT, "spec.model", DELETE), "spec.model.name"),
     ("external-without-settings", _with(VALID_EXPERT, "spec.engine", "external"), "spec.external"),

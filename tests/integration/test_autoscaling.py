@@ -20,7 +20,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -832,3 +834,50 @@ def test_a_failing_scrape_never_scales_down_by_itself(
         5,
     )
     wait_for(lambda: ready_with(kube, ns, name, 1), "Ready with 1 replica", 30)
+
+
+def test_a_scheduled_minimum_holds_replicas_in_its_window_and_lets_go_after(
+    cluster: LocalCluster,
+    kube: KubeReader,
+    namespace: str,
+    fleet: EngineFleet,
+) -> None:
+    ns, name, idle_seconds = namespace, "office", 3
+    fleet.serve(name)
+    # A window around now in a zone that is not UTC (UTC+5:30, no daylight saving time), so
+    # the operator must read the time of day in the schedule's zone. It may cross midnight.
+    zone = ZoneInfo("Asia/Kolkata")
+    local = datetime.now(zone)
+    window = {
+        "start": f"{local - timedelta(hours=1):%H:%M}",
+        "end": f"{local + timedelta(hours=1):%H:%M}",
+        "timeZone": "Asia/Kolkata",
+        "minReplicas": 2,
+    }
+    # No spec.replicas: the autoscaler owns it (a re-apply below would otherwise conflict).
+    spec = expert(name, minReplicas=0, maxReplicas=3, scaleToZeroAfterSeconds=idle_seconds)
+    spec["spec"]["autoscaling"]["schedules"] = [window]
+    apply(cluster, ns, spec)
+
+    # Idle, min 0, no demand: only the schedule asks for replicas.
+    obj = wait_for(lambda: ready_with(kube, ns, name, 2), "Ready with the scheduled 2", 60)
+    assert replicas_of(obj) == 2
+    assert obj["status"]["lastScaleReason"] == "ScheduledMinimum"
+    wait_serving(fleet, name, 2)
+    (event,) = kube.events(ns, name, "Scaled")
+    assert "0 -> 2 replicas: ScheduledMinimum" in event["message"], event["message"]
+    assert "Asia/Kolkata" in event["message"], event["message"]
+    time.sleep(idle_seconds + 3 * INTERVAL)  # idle past scaleToZeroAfterSeconds: still held
+    assert replicas_of(kube.expert(ns, name)) == 2
+
+    # The window moved to later today: the normal rules apply again (idle, min 0: zero).
+    later = {**window, "start": f"{local + timedelta(hours=2):%H:%M}"}
+    later["end"] = f"{local + timedelta(hours=3):%H:%M}"
+    spec["spec"]["autoscaling"]["schedules"] = [later]
+    apply(cluster, ns, spec)
+    obj = wait_for(
+        lambda: (o := kube.expert(ns, name)) and replicas_of(o) == 0 and o,
+        "scaled to zero once outside the window",
+        idle_seconds + 30,
+    )
+    assert obj["status"]["lastScaleReason"] == "ScaledToZero"
