@@ -244,6 +244,23 @@ def test_big_models_get_a_longer_startup() -> None:
             ["InsufficientGPUMemory"],
         ),
         ({"nodePool": "tpu"}, ["UnknownNodePool"]),
+        (
+            {
+                "autoscaling": {
+                    "schedules": [
+                        {"start": "09:00", "end": "17:00", "minReplicas": 1},
+                        {
+                            "start": "09:00",
+                            "end": "17:00",
+                            "minReplicas": 1,
+                            "timeZone": "Mars/Base",
+                        },
+                    ]
+                },
+                "nodePool": "tpu",
+            },
+            ["UnknownTimeZone", "UnknownNodePool"],
+        ),
         ({"resources": {"gpus": 4}}, ["GPUsExceedNode"]),
     ],
 )

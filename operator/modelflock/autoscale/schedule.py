@@ -13,11 +13,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # Until a cold start was seen, replicas are started this long before a window.
 DEFAULT_LEAD_SECONDS = 300.0
+
+
+def known_time_zone(name: str) -> bool:
+    """Whether the time zone database knows `name` (e.g. Europe/Berlin)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +46,8 @@ class Schedule:
             raise ValueError("days must be a non-empty subset of 0..6 (Monday = 0)")
         if self.start == self.end:
             raise ValueError("start and end must differ")
-        ZoneInfo(self.time_zone)  # raises for an unknown zone
+        if not known_time_zone(self.time_zone):
+            raise ValueError(f"unknown time zone {self.time_zone!r}")
 
     @property
     def overnight(self) -> bool:

@@ -31,7 +31,7 @@ from modelflock.api.modelexpert import (
 from modelflock.autoscale.algorithm import Reason, ScalingPolicy, StartingPod, remembered
 from modelflock.autoscale.loop import ExpertPods, evaluate
 from modelflock.autoscale.metrics_parse import Engine
-from modelflock.autoscale.schedule import Schedule
+from modelflock.autoscale.schedule import Schedule, known_time_zone
 from modelflock.autoscale.sources import MetricSource, PodTarget, PrometheusSource, ScrapeSource
 from modelflock.controller.context import ExpertState, ObjectKey, OperatorContext, child_marker
 from modelflock.controller.kube import api_error_message, refusal_message
@@ -81,7 +81,8 @@ def scaling_policy(spec: ModelExpertSpec) -> ScalingPolicy:
         capacity_hint=scaling.capacity_hint,
         burst_headroom=scaling.burst_headroom,
         stale_metrics_seconds=scaling.stale_metrics_seconds,
-        schedules=tuple(schedule(s) for s in scaling.schedules),
+        # A zone the operator does not know is reported as UnknownTimeZone (render/checks.py).
+        schedules=tuple(schedule(s) for s in scaling.schedules if known_time_zone(s.time_zone)),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelflock.api.modelexpert import ModelExpertSpec
+from modelflock.autoscale.schedule import known_time_zone
 from modelflock.operator_config import OperatorConfig
 
 BYTES_PER_PARAMETER = {
@@ -52,18 +53,28 @@ def weights_gib(spec: ModelExpertSpec) -> float | None:
 def check_expert(spec: ModelExpertSpec, config: OperatorConfig) -> list[Problem]:
     if spec.engine == "external":
         return []
-    problems: list[Problem] = []
+    problems: list[Problem] = [
+        Problem(
+            "UnknownTimeZone",
+            f"spec.autoscaling.schedules[{i}].timeZone {s.time_zone!r} is not a known IANA time"
+            " zone; that schedule is ignored",
+            blocking=False,
+        )
+        for i, s in enumerate(spec.effective_autoscaling().schedules)
+        if not known_time_zone(s.time_zone)
+    ]
     if spec.node_pool is None:
         return problems
     pool = config.pool(spec.node_pool)
     if pool is None:
         known = ", ".join(p.name for p in config.node_pools) or "none configured"
         return [
+            *problems,
             Problem(
                 "UnknownNodePool",
                 f"nodePool {spec.node_pool!r} is not in the operator configuration (known: {known})",
                 blocking=True,
-            )
+            ),
         ]
     gpus = spec.resources.gpus
     if gpus > pool.gpus_per_node:
