@@ -3,6 +3,7 @@ and the API field's validation."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -80,7 +81,7 @@ FLOORS = [
 
 @pytest.mark.parametrize("case", FLOORS, ids=[c.name for c in FLOORS])
 def test_scheduled_floor(case: FloorCase) -> None:
-    floor, why = scheduled_floor(case.schedules, case.now, case.cold_start)
+    floor, why, _ = scheduled_floor(case.schedules, case.now, case.cold_start)
     assert floor == case.floor
     assert (why == "") == (floor == 0)
     assert case.says in why
@@ -89,12 +90,24 @@ def test_scheduled_floor(case: FloorCase) -> None:
 def test_daylight_saving_time_is_followed() -> None:
     # Europe/Berlin: UTC+2 in summer, so 09:00 there is 07:00 UTC on a Monday in July.
     july = datetime(2026, 7, 6, 7, 0, tzinfo=UTC)
-    assert scheduled_floor((BERLIN,), july, 0.0)[0] == 3
-    assert scheduled_floor((BERLIN,), july.replace(hour=6, minute=59), 0.0)[0] == 0
+    assert scheduled_floor((BERLIN,), july, 0.0).minimum == 3
+    assert scheduled_floor((BERLIN,), july.replace(hour=6, minute=59), 0.0).minimum == 0
 
 
-def test_default_lead_is_documented_value() -> None:
-    assert DEFAULT_LEAD_SECONDS == 300.0
+def test_a_started_warm_up_holds_when_the_learned_cold_start_shrinks() -> None:
+    # A new expert: no cold start seen, so the warm-up starts the default lead early.
+    lead = timedelta(seconds=DEFAULT_LEAD_SECONDS)
+    first = scheduled_floor((OFFICE,), utc(0, 9) - lead, None)
+    assert first.minimum == 2 and first.started == ((OFFICE, utc(0, 9)),)
+    # Its first pods show a 45 s cold start: the warm-up is not undone...
+    later = utc(0, 8, 57)
+    assert scheduled_floor((OFFICE,), later, 45.0).minimum == 0
+    held = scheduled_floor((OFFICE,), later, 45.0, first.started)
+    assert held.minimum == 2 and held.started == first.started
+    # ...until the window ends, and not for a schedule that is no longer listed.
+    assert scheduled_floor((OFFICE,), utc(0, 17), 45.0, first.started) == (0, "", ())
+    other = Schedule(start=time(9, 0), end=time(17, 0), min_replicas=1, days=WEEKDAYS)
+    assert scheduled_floor((other,), later, 45.0, first.started).minimum == 0
 
 
 def test_schedule_refuses_bad_values() -> None:
@@ -160,6 +173,22 @@ def test_floor_holds_replicas_the_load_would_give_back() -> None:
 
 def _fields(obs: Observation) -> dict[str, Any]:
     return {name: getattr(obs, name) for name in obs.__slots__}
+
+
+def test_decide_keeps_a_started_warm_up_in_its_memory() -> None:
+    new = ScalerMemory(last_load_at=0.0, capacity_per_replica=10.0)  # no cold start seen
+    start = decide(_policy(), Observation(100_000.0, 0, wall_clock=utc(0, 8, 55)), new)
+    assert start.desired_replicas == 2 and start.memory.scheduled == ((OFFICE, utc(0, 9)),)
+    # The pods became ready after 45 s: the lead is now 45 s, the warm-up still holds.
+    ready = Observation(
+        100_050.0, 2, ready=(PodLoad(0, 0), PodLoad(0, 0)), wall_clock=utc(0, 8, 55, 50)
+    )
+    learned = dataclasses.replace(start.memory, cold_start_seconds=45.0)
+    d = decide(_policy(), ready, learned)
+    assert (d.desired_replicas, d.reason) == (2, Reason.SCHEDULED_MINIMUM)
+    # Without the memory of the started window, the replicas would go and come back.
+    forgot = dataclasses.replace(learned, scheduled=())
+    assert decide(_policy(), ready, forgot).desired_replicas == 0
 
 
 def test_floor_capped_by_max_and_not_by_the_step() -> None:

@@ -191,7 +191,8 @@ class ScalerMemory:
     is the sustained rate at the last decrease (None once replicas were added since).
     `cold_start_seconds` is the longest a pod of this
     expert was seen loading. `unreadable_since` says since when each unreadable pod has been;
-    `answered` names the ready pods whose metrics were read at least once.
+    `answered` names the ready pods whose metrics were read at least once. `scheduled` are
+    the scheduled windows whose floor is in force (they hold it until their end).
     """
 
     recommendations: tuple[Recommendation, ...] = ()
@@ -209,6 +210,7 @@ class ScalerMemory:
     unreadable_since: tuple[tuple[str, float], ...] = ()
     answered: tuple[str, ...] = ()
     down_rate: float | None = None
+    scheduled: tuple[tuple[Schedule, datetime], ...] = ()
 
 
 class Reason(enum.StrEnum):
@@ -775,14 +777,14 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             )
 
     desired, reason, message = _bound(policy, current, desired, reason, message)
-    floor, why = scheduled_floor(policy.schedules, obs.wall_clock, cold_start)
-    if desired < min(floor, policy.max_replicas):
+    floor = scheduled_floor(policy.schedules, obs.wall_clock, cold_start, memory.scheduled)
+    if desired < min(floor.minimum, policy.max_replicas):
         # Like minReplicas, reaching the floor is not limited by the step; the window above
         # remembers what the load asked for, so the floor's replicas go once it ends.
         desired, reason, message = (
-            min(floor, policy.max_replicas),
+            min(floor.minimum, policy.max_replicas),
             Reason.SCHEDULED_MINIMUM,
-            f"{message}; {why}",
+            f"{message}; {floor.reason}",
         )
     desired, reason, message = _protect_starting(obs, current, desired, reason, message)
 
@@ -806,6 +808,7 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             unreadable_since=unreadable,
             answered=answered,
             down_rate=_down_rate(memory.down_rate, rates.sustained, current, desired),
+            scheduled=floor.started,
         ),
         queue_depth=load.waiting,
         running=load.running,

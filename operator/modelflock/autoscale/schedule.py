@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -65,21 +66,38 @@ class Schedule:
         return begin.astimezone(UTC), finish.astimezone(UTC)
 
 
+class Floor(NamedTuple):
+    """The replicas the schedules hold now, why ("" for none), and the windows whose floor
+    has come into force and not ended yet (kept by the caller for the next call)."""
+
+    minimum: int
+    reason: str
+    started: tuple[tuple[Schedule, datetime], ...] = ()
+
+
 def scheduled_floor(
-    schedules: Sequence[Schedule], now: datetime | None, cold_start_seconds: float | None
-) -> tuple[int, str]:
-    """The replicas the schedules hold at `now` (an aware datetime) and why ("" for none).
+    schedules: Sequence[Schedule],
+    now: datetime | None,
+    cold_start_seconds: float | None,
+    started: Sequence[tuple[Schedule, datetime]] = (),
+) -> Floor:
+    """The floor the schedules hold at `now` (an aware datetime).
 
     A window holds its minimum from one cold start before its start (so the replicas are
-    ready then) until its end; overlapping windows hold the highest minimum.
+    ready then) until its end; overlapping windows hold the highest minimum. `started` are
+    the windows (schedule, start as UTC) already in force at an earlier call: they stay in
+    force until their end even if the cold start learned meanwhile is shorter (a new
+    expert's first pods), so a warm-up is never undone; a schedule no longer listed drops.
     """
     if not schedules or now is None:
-        return 0, ""
+        return Floor(0, "")
     lead = timedelta(
         seconds=DEFAULT_LEAD_SECONDS if cold_start_seconds is None else max(0.0, cold_start_seconds)
     )
+    before = set(started)
     at = now.astimezone(UTC)
     best, why = 0, ""
+    in_force: list[tuple[Schedule, datetime]] = []
     for i, s in enumerate(schedules):
         local = at.astimezone(ZoneInfo(s.time_zone)).date()
         # Yesterday's overnight window may still run; tomorrow's may be warming up already.
@@ -87,11 +105,14 @@ def scheduled_floor(
             if day.weekday() not in s.days:
                 continue
             begin, finish = s.window(day)
-            if begin - lead <= at < finish and s.min_replicas > best:
+            if not (begin - lead <= at or (s, begin) in before) or at >= finish:
+                continue
+            in_force.append((s, begin))
+            if s.min_replicas > best:
                 best = s.min_replicas
                 state = "warming up for" if at < begin else "in"
                 why = (
                     f"{state} schedule {i} ({s.describe()}): at least {s.min_replicas} replicas"
                     f" until {finish.astimezone(ZoneInfo(s.time_zone)):%a %H:%M}"
                 )
-    return best, why
+    return Floor(best, why, tuple(in_force))
