@@ -337,7 +337,13 @@ def test_invalid_manifest_is_rejected_by_the_api_server(
 
 def test_explain_shows_documented_autoscaling_fields(cluster: LocalCluster) -> None:
     out = cluster.kubectl("explain", "modelexpert.spec.autoscaling")
-    for name in ("minReplicas", "maxReplicas", "targetQueueDepth", "scaleToZeroAfterSeconds"):
+    for name in (
+        "minReplicas",
+        "maxReplicas",
+        "targetQueueDepth",
+        "scaleToZeroAfterSeconds",
+        "schedules",
+    ):
         assert name in out
     assert "Waiting requests per replica" in out
 

@@ -6,6 +6,7 @@ scheduled minimum do). A window is `start`..`end` local time in its time zone on
 days; `end` at or before `start` means the window runs past midnight into the next day (the
 day listed is the day it starts). The floor is in force from one cold start before `start`,
 so the replicas are ready at `start`, until `end`; then the normal scale-down rules apply.
+Once in force, a window holds its floor until its end (the caller keeps `Floor.started`).
 """
 
 from __future__ import annotations
