@@ -367,6 +367,20 @@ def _learn_capacity(
     return previous, None
 
 
+def _estimates_kept(
+    memory: ScalerMemory, counters: tuple[tuple[str, float], ...], at: float
+) -> _Rates:
+    """The remembered estimates, measured from the reference point (counters, at)."""
+    return _Rates(
+        memory.arrival_rate,
+        memory.replica_rate,
+        counters,
+        at,
+        memory.service_seconds,
+        memory.sustained_rate,
+    )
+
+
 def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float | None) -> _Rates:
     """Arrival rate = completions per second + change of requests in flight (Little's law
     keeps no request unaccounted); a saturated replica's completion rate is learned too."""
@@ -389,37 +403,16 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
     dt = obs.now - at if at is not None else 0.0
     if at is None or memory.in_flight is None or dt < 0:
         # The first tick with counters (or a clock that went back): start measuring.
-        return _Rates(
-            memory.arrival_rate,
-            memory.replica_rate,
-            counters,
-            obs.now,
-            memory.service_seconds,
-            memory.sustained_rate,
-        )
+        return _estimates_kept(memory, counters, obs.now)
     if dt < 1.0:
         # Too soon to tell: keep the previous reference point.
-        return _Rates(
-            memory.arrival_rate,
-            memory.replica_rate,
-            memory.counters,
-            at,
-            memory.service_seconds,
-            memory.sustained_rate,
-        )
+        return _estimates_kept(memory, memory.counters, at)
     before = dict(memory.counters)
     if {name for name, _ in counters} != set(before):
         # Pods came or went (or the routers' held requests moved onto the first pods): the
         # change of requests in flight then moves with them, not with the arrivals. Start a
         # new reference point and keep the estimate.
-        return _Rates(
-            memory.arrival_rate,
-            memory.replica_rate,
-            counters,
-            obs.now,
-            memory.service_seconds,
-            memory.sustained_rate,
-        )
+        return _estimates_kept(memory, counters, obs.now)
     done = 0.0
     saturated_rates: list[float] = []
     for (name, total), sample in zip(
