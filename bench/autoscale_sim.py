@@ -20,7 +20,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock
@@ -505,15 +505,21 @@ def _fmt_range(values: Sequence[float], fmt: str) -> str:
     return f"{format(mean, fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"
 
 
+def _by_workload(cases: Iterable[CaseResult]) -> dict[tuple[str, str], list[CaseResult]]:
+    """Cases grouped by (model, workload), in the order they come."""
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for c in cases:
+        groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    return groups
+
+
 def defaults_table(cases: Sequence[CaseResult]) -> str:
     lines = [
         "| model | workload | policy | SLO attainment | queue ≤ 2 s | p99 TTFT s | worst 10 min |"
         " GPU-hours | direction changes |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    groups: dict[tuple[str, str], list[CaseResult]] = {}
-    for c in cases:
-        groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    groups = _by_workload(cases)
     defaults = {f.name: f.default for f in (*FAMILIES, SCHEDULED_FAMILY)}
     for (size, workload), group in groups.items():
         names = [r.family for r in group[0].results if r.knob in (None, defaults.get(r.family))]
@@ -675,9 +681,7 @@ def goals_summary(cases: Sequence[CaseResult]) -> str:
         " goal against the optimum: met / open / missed |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    groups: dict[tuple[str, str], list[CaseResult]] = {}
-    for c in cases:
-        groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    groups = _by_workload(cases)
     for (size, workload), group in groups.items():
         ratios, attained, vs_keda, flips, met, keda_met, flip_met = [], [], [], [], 0, 0, 0
         brackets: list[Bracket] = []
@@ -730,10 +734,7 @@ def schedule_table(cases: Sequence[CaseResult]) -> str:
         " direction changes / load changes |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    groups: dict[tuple[str, str], list[CaseResult]] = {}
-    for c in cases:
-        if any(r.family == SCHEDULED for r in c.results):
-            groups.setdefault((c.case.size, c.case.workload), []).append(c)
+    groups = _by_workload(c for c in cases if any(r.family == SCHEDULED for r in c.results))
     for (size, workload), group in groups.items():
         for name in ("ours", SCHEDULED):
             runs = [
