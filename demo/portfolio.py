@@ -583,10 +583,13 @@ class Portfolio:
                 )
             )
 
-        def in_status() -> int | None:
+        def in_status() -> int:
             results = (self.policy().get("status", {}).get("evaluation") or {}).get("results")
             count = sum(r["samples"] for r in results or [])
-            return count if count and count == judged() else None
+            if count and count == judged():
+                return count
+            # Raised, not returned: a timeout then shows how far apart the two were.
+            raise AssertionError(f"status has {count} samples, the router judged {judged()}")
 
         time.sleep(3)  # the last samples finish off the client's path
         count: int = wait_for(in_status, "status.evaluation with every judged sample", timeout)

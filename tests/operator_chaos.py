@@ -356,6 +356,12 @@ class Outage:
     lines: list[str]  # the operator's log from the stop until after the resume
 
 
+def outage_closed(log: str) -> bool:
+    """Whether every "Kubernetes API unreachable" line of an operator log has its "reachable
+    again" line (the operator logs the pair once per outage)."""
+    return log.count("Kubernetes API unreachable") == log.count("Kubernetes API reachable again")
+
+
 def replicas_of(cluster: LocalCluster, namespace: str, name: str) -> int | None:
     found = get_json(cluster, "deployment", name, "-n", namespace)
     return None if found is None else int(found["spec"]["replicas"])
@@ -373,6 +379,14 @@ def measure_outage(
     how long the change takes to reach its Deployment."""
     current = replicas_of(cluster, namespace, "steady")
     wanted = 1 if current == 2 else 2
+    # An outage the operator saw before this one (a freshly started API server refuses
+    # requests while its storage initialises) ends at the elector's next good read. Measured
+    # before it ended, this outage would only extend that one and log no line of its own.
+    wait_for(
+        lambda: outage_closed(operator.log_path.read_text(errors="replace")),
+        "the operator's earlier API outage, if any, reported over",
+        30,
+    )
     offset = operator.log_path.stat().st_size
     stopped = time.monotonic()
     # SIGKILL: a crash, and an outage of exactly `down_seconds` (a graceful apiserver

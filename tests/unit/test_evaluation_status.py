@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modelflock.api.routingpolicy import RoutingPolicySpec
-from modelflock.controller.evaluation import MAX_KEYS, EvaluationStore
+from modelflock.controller.evaluation import MAX_KEYS, TRIGGER_GAP_SECONDS, EvaluationStore
 from modelflock.evaluation.stats import Tally
 from modelflock.evaluation.wire import NotNamedError, parse_report, tally_wire
 from modelflock.render.evaluation import evaluation_status, recommendation_changes, tally_of
@@ -99,6 +99,36 @@ def test_a_restarted_operator_continues_from_its_status() -> None:
     assert seeded.totals[KEY].served_cost == pytest.approx(0.6)
     again = second.seed(("ns", "p"), status)  # once per process
     assert again.totals[KEY].samples == 6
+
+
+# (seconds since the first report, expected wake-up delay): the first report wakes the worker
+# at once; reports inside the gap schedule one trailing wake-up at the gap's end (the CI run
+# of 2026-11-30 lost the last report of a burst to the rate limit until the resync); reports
+# while that one is pending add nothing; after the gap, at once again.
+GAP = TRIGGER_GAP_SECONDS
+
+
+@pytest.mark.parametrize(
+    "reports",
+    [
+        [(0.0, 0.0)],
+        [(0.0, 0.0), (1.0, GAP - 1.0)],
+        [(0.0, 0.0), (1.0, GAP - 1.0), (2.0, None), (GAP - 0.5, None)],
+        [(0.0, 0.0), (1.0, GAP - 1.0), (GAP + 0.5, GAP - 0.5)],
+        [(0.0, 0.0), (GAP, 0.0), (2 * GAP + 3.0, 0.0)],
+        [(0.0, 0.0), (3.0, GAP - 3.0), (2 * GAP + 1.0, 0.0)],
+    ],
+)
+def test_reports_wake_the_policy_worker_rate_limited_with_a_trailing_wake_up(
+    reports: list[tuple[float, float | None]],
+) -> None:
+    store = EvaluationStore()
+    key = ("ns", "policy")
+    start = 1000.0
+    seen = [(at, store.trigger_delay(key, start + at)) for at, _ in reports]
+    assert seen == [(at, pytest.approx(d) if d is not None else None) for at, d in reports]
+    other = store.trigger_delay(("ns", "other"), start + 1.0)
+    assert other == 0.0  # per policy
 
 
 def test_keys_per_policy_are_bounded() -> None:

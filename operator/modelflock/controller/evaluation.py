@@ -8,7 +8,6 @@ event loop (the flock API handler and the policy worker), so no lock is needed.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,7 +29,7 @@ class PolicyEvaluation:
     dropped: int = 0
     last_report: datetime | None = None
     seeded: bool = False
-    last_trigger: float = float("-inf")
+    last_trigger: float = float("-inf")  # monotonic; in the future while one is scheduled
 
     def _add_spend(self, day: str | None, amount: float) -> None:
         if day is None:
@@ -84,14 +83,17 @@ class EvaluationStore:
             state.last_report = status.last_report_time
         return state
 
-    def should_trigger(self, key: ObjectKey) -> bool:
-        """Whether a report should wake the policy worker now (rate-limited)."""
+    def trigger_delay(self, key: ObjectKey, now: float) -> float | None:
+        """When a report should wake the policy worker: 0.0 at once, a positive delay when the
+        last wake-up was less than `TRIGGER_GAP_SECONDS` ago (one trailing wake-up, so the
+        last report of a burst reaches the status within the gap, not at the next resync), or
+        None when a wake-up is already scheduled and will include this report."""
         state = self.get(key)
-        now = time.monotonic()
-        if now - state.last_trigger < TRIGGER_GAP_SECONDS:
-            return False
-        state.last_trigger = now
-        return True
+        if state.last_trigger > now:
+            return None
+        due = max(now, state.last_trigger + TRIGGER_GAP_SECONDS)
+        state.last_trigger = due
+        return due - now
 
     def forget(self, key: ObjectKey) -> None:
         self.policies.pop(key, None)

@@ -7,6 +7,7 @@ shows the experts it names.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -139,8 +140,11 @@ def flock_app(ctx: OperatorContext) -> web.Application:
         except ValueError as error:
             return _error(400, f"invalid evaluation report: {error}")
         state = ctx.evaluations.add(key, report, datetime.now(UTC))
-        if ctx.evaluations.should_trigger(key):
+        delay = ctx.evaluations.trigger_delay(key, time.monotonic())
+        if delay == 0.0:
             ctx.trigger_policy(key)
+        elif delay is not None:
+            asyncio.get_running_loop().call_later(delay, ctx.trigger_policy, key)
         return web.json_response({"day": state.day or report.day, "spentTodayUSD": state.spent})
 
     async def retrieval(request: web.Request) -> web.Response:
