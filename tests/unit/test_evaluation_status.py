@@ -102,9 +102,9 @@ def test_a_restarted_operator_continues_from_its_status() -> None:
 
 
 # (seconds since the first report, expected wake-up delay): the first report wakes the worker
-# at once; reports inside the gap schedule one trailing wake-up at the gap's end (the CI run
-# of 2026-11-30 lost the last report of a burst to the rate limit until the resync); reports
-# while that one is pending add nothing; after the gap, at once again.
+# at once; reports inside the gap schedule one trailing wake-up at the gap's end (before,
+# the last report of a burst waited for the resync, 30 s by default); reports while that
+# one is pending add nothing; after the gap, at once again.
 GAP = TRIGGER_GAP_SECONDS
 
 
@@ -219,3 +219,83 @@ def test_report_reads_a_policy_s_status_with_its_thresholds() -> None:
     text = format_quality(tallies, thresholds)
     assert "route `code`: `small` matched `big` on 100 % ± 9 % of 40 samples" in text
     assert "MoveDown" in text
+
+
+# A report whose answer was lost is sent again, grown, under the next sequence number, saying
+# which sequence the router last got an answer for; what the operator applied from the
+# unanswered ones comes off (before, the status counted those samples and that spend twice).
+def applied(samples: int, spent: float = 0.0, dropped: int = 0, day: str = "2026-11-29") -> Any:
+    from modelflock.controller.evaluation import Applied
+
+    results = {KEY: Tally(samples=samples, ties=samples)} if samples else {}
+    return Applied(day, spent, dropped, results)
+
+
+@pytest.mark.parametrize(
+    ("samples", "spent", "dropped", "acknowledged", "pending", "fresh"),
+    [
+        (5, 0.5, 2, 0, {}, (5, 0.5, 2)),  # nothing unanswered: all of it
+        (5, 0.5, 2, 0, {1: applied(3, 0.25, 1)}, (2, 0.25, 1)),  # 1 applied, answer lost
+        (5, 0.5, 2, 1, {1: applied(3, 0.25, 1)}, (5, 0.5, 2)),  # 1 was answered: not resent
+        (9, 0.75, 3, 0, {1: applied(3, 0.25, 1), 2: applied(4, 0.25, 1)}, (2, 0.25, 1)),
+        (5, 0.5, 0, 0, {1: applied(3, 0.25, day="2026-11-28")}, (2, 0.5, 0)),  # spend per day
+        (3, 0.25, 1, 0, {4: applied(3, 0.25, 1)}, (0, 0.0, 0)),  # a duplicate: nothing new
+    ],
+)
+def test_the_fresh_part_of_a_resent_report(
+    samples: int,
+    spent: float,
+    dropped: int,
+    acknowledged: int,
+    pending: dict[int, Any],
+    fresh: tuple[int, float, int],
+) -> None:
+    from modelflock.controller.evaluation import fresh_part
+
+    body = report(item(**tally_wire(KEY, Tally(samples=samples, ties=samples))))
+    body.update(spentUSD=spent, dropped=dropped, sequence=9, acknowledged=acknowledged)
+    part = fresh_part(parse_report(body, EXPERTS), pending)
+    got = (part.results[KEY].samples if KEY in part.results else 0, part.spent, part.dropped)
+    assert got == (fresh[0], pytest.approx(fresh[1]), fresh[2])
+
+
+def test_a_report_sent_again_after_a_lost_answer_counts_once() -> None:
+    """The router's reporter against the operator's store, through the wire format: the first
+    answer is lost after the operator applied the report."""
+    import asyncio
+
+    from modelflock.router.config import Evaluation
+    from modelflock.router.shadow.budget import DailyBudget
+    from modelflock.router.shadow.metrics import ShadowMetrics
+    from modelflock.router.shadow.reporting import ShadowReporter
+
+    store = EvaluationStore()
+    policy = ("ns", "p")
+    metrics = ShadowMetrics()
+    budget = DailyBudget(lambda: 10.0, lambda: NOW.timestamp())
+    answers = iter([False, True, True, False, False, True])
+
+    async def post(body: dict[str, Any]) -> dict[str, Any] | None:
+        state = store.add(policy, parse_report(body, EXPERTS), NOW)
+        answered = {"day": state.day, "spentTodayUSD": state.spent}
+        return answered if next(answers) else None  # applied, but the answer may be lost
+
+    reporter = ShadowReporter(
+        "r1", metrics, budget, lambda: Evaluation(), post, lambda: NOW.timestamp()
+    )
+    route = ("code", "big", "small", "pairwise")
+
+    async def rounds() -> None:
+        for judged in (3, 2, 4, 1, 5, 2):
+            for _ in range(judged):
+                metrics.samples.inc((*route, "tie"))
+            metrics.dropped.inc((*route[:3], "budget"))
+            budget.spend(0.25)
+            await reporter.report_once()
+
+    asyncio.run(rounds())
+    state = store.get(policy)
+    assert state.totals[KEY].samples == 3 + 2 + 4 + 1 + 5 + 2
+    assert state.dropped == 6
+    assert state.spent == pytest.approx(6 * 0.25)
+    assert budget.spent == pytest.approx(6 * 0.25)

@@ -81,6 +81,15 @@ class Tally:
             )
         )
 
+    def without(self, other: Tally) -> Tally:
+        """What `self` holds beyond `other`, field by field, never below zero."""
+        return Tally(
+            *(
+                max(getattr(self, f) - getattr(other, f), 0)
+                for f in self.__dataclass_fields__  # declaration order
+            )
+        )
+
     @property
     def matched(self) -> int:
         """Samples where the candidate did at least as well as the served expert."""

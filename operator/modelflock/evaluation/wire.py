@@ -1,14 +1,20 @@
 """The flock API's evaluation report (router → operator), both ways (pure).
 
     POST /flock/v1/namespaces/{ns}/routingpolicies/{policy}/evaluation
-    {"router": "3f2a…", "day": "2026-11-29", "spentUSD": 0.0123, "dropped": 4,
+    {"router": "3f2a…", "sequence": 7, "acknowledged": 6,
+     "day": "2026-11-29", "spentUSD": 0.0123, "dropped": 4,
      "results": [{"route": "code", "expert": "code-7b", "candidate": "frontier",
                   "judge": "pairwise", "samples": 3, "wins": 1, "ties": 2, "losses": 0,
                   "agreements": 0, "disagreements": 0, "servedCostUSD": 0.0001,
                   "candidateCostUSD": 0.002, "judgeCostUSD": 0.0004,
                   "servedSeconds": 0.9, "candidateSeconds": 2.1}]}
 
-Every number is a delta since the router's previous accepted report.
+Every number is a delta since the router's previous *acknowledged* report. A router whose
+report got no answer (a timeout: the operator may have applied it) sends everything since
+its last acknowledged report again, with the next `sequence` and the `acknowledged` sequence
+it last got an answer for; the operator subtracts what it applied from that router after
+`acknowledged` (controller/evaluation.py), so a lost answer does not count samples twice.
+Both fields are optional (a report without them is added as it is).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class Report:
     spent: float
     dropped: int
     results: dict[TallyKey, Tally]
+    sequence: int | None = None  # this report's number (per router process), if it sent one
+    acknowledged: int = 0  # the last of its reports the router got an answer for
 
 
 def tally_wire(key: TallyKey, tally: Tally) -> dict[str, Any]:
@@ -128,4 +136,6 @@ def parse_report(payload: object, experts: AbstractSet[str]) -> Report:
         spent=_amount(payload.get("spentUSD", 0), "spentUSD"),
         dropped=_count(payload, "dropped"),
         results=results,
+        sequence=_count(payload, "sequence") if "sequence" in payload else None,
+        acknowledged=_count(payload, "acknowledged"),
     )

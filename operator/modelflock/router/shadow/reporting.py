@@ -2,7 +2,8 @@
 
 Deltas, not totals: a router that restarts starts from zero without taking anything back, and
 the operator adds up any number of routers. A report that fails is retried with the next one
-(the delta grows). The operator answers with the policy's spend today, which feeds the
+(the delta grows), numbered: `sequence` counts attempts, `acknowledged` is the last one
+answered, so the operator can take off what it applied from an attempt whose answer was lost. The operator answers with the policy's spend today, which feeds the
 budget shared by all of the policy's routers.
 """
 
@@ -38,13 +39,23 @@ def report_body(
     dropped: int,
     day: str,
     spent: float,
+    sequence: int = 0,
+    acknowledged: int = 0,
 ) -> dict[str, Any]:
     results = []
     for key, tally in sorted(tallies.items()):
         change = delta(tally, sent.get(key))
         if change.samples:
             results.append(tally_wire(key, change))
-    return {"router": router, "day": day, "spentUSD": spent, "dropped": dropped, "results": results}
+    return {
+        "router": router,
+        "sequence": sequence,
+        "acknowledged": acknowledged,
+        "day": day,
+        "spentUSD": spent,
+        "dropped": dropped,
+        "results": results,
+    }
 
 
 class ShadowReporter:
@@ -69,6 +80,8 @@ class ShadowReporter:
         self.sent_dropped = 0
         self._last = -1e18
         self.reports = 0
+        self.sequence = 0  # of the last attempt
+        self.acknowledged = 0  # the last attempt the operator answered
 
     async def report_once(self) -> bool:
         """One report if there is news (or the heartbeat is due); True when the operator took
@@ -77,14 +90,23 @@ class ShadowReporter:
         dropped = self.metrics.dropped_total()
         spent = self.budget.unreported
         body = report_body(
-            self.router_id, tallies, self.sent, dropped - self.sent_dropped, self.budget.day, spent
+            self.router_id,
+            tallies,
+            self.sent,
+            dropped - self.sent_dropped,
+            self.budget.day,
+            spent,
+            self.sequence + 1,
+            self.acknowledged,
         )
         news = bool(body["results"]) or body["dropped"] or spent
         if not news and self._clock() - self._last < _HEARTBEAT_SECONDS:
             return False
+        self.sequence += 1
         answer = await self._post(body)
         if answer is None:
             return False
+        self.acknowledged = self.sequence
         self._last = self._clock()
         self.sent, self.sent_dropped = tallies, dropped
         self.reports += 1
