@@ -244,6 +244,35 @@ def test_scale_down_window_remembers_what_the_arrivals_ask(case: DrainCase) -> N
     assert d.memory.recommendations[-1].replicas == case.remembered, d.message
 
 
+@pytest.mark.parametrize(("was_draining", "remembered"), [(True, 7), (False, 12)])
+def test_an_unchanged_count_keeps_the_last_draining_verdict(
+    was_draining: bool, remembered: int
+) -> None:
+    # 6 pods with 12 waiting and 10 running each, exactly as many as at the last tick (a
+    # 70B batch finishes in lumps: two samples 5 s apart can show the same count while its
+    # backlog drains). The arrivals (30/s x 2 s = 60 + sqrt(60): 7 replicas) or the queue
+    # (132 + sqrt(132) over 12 each: 12) is remembered as the last verdict said: a backlog
+    # that was draining still is, a queue that stayed still does.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=tuple((n, 100.0) for n in "abcdef"),
+        counters_at=995.0,
+        in_flight=6 * 22.0,
+        arrival_rate=30.0,
+        replica_rate=5.0,
+        draining=was_draining,
+    )
+    d = decide(
+        policy(scale_down_window_seconds=300),
+        counted(1000.0, [(12.0, 10.0, 125.0)] * 6),
+        memory,
+    )
+    assert d.recommendation == 12, d.message
+    assert d.memory.recommendations[-1].replicas == remembered, d.message
+    assert d.memory.draining is was_draining
+
+
 def test_drain_replicas_leave_when_the_backlog_is_gone() -> None:
     # 300 s window. At t=800, 8 replicas with 12 waiting each: the backlog asks for more
     # (capped by max 8 here), the arrivals (20/s) for 5. At t=1000 the backlog is gone and

@@ -192,7 +192,9 @@ class ScalerMemory:
     `cold_start_seconds` is the longest a pod of this
     expert was seen loading. `unreadable_since` says since when each unreadable pod has been;
     `answered` names the ready pods whose metrics were read at least once. `scheduled` are
-    the scheduled windows whose floor is in force (they hold it until their end).
+    the scheduled windows whose floor is in force (they hold it until their end). `draining`
+    is whether the requests in flight were falling at the last tick (an unchanged count keeps
+    that verdict).
     """
 
     recommendations: tuple[Recommendation, ...] = ()
@@ -211,6 +213,7 @@ class ScalerMemory:
     answered: tuple[str, ...] = ()
     down_rate: float | None = None
     scheduled: tuple[tuple[Schedule, datetime], ...] = ()
+    draining: bool = False
 
 
 class Reason(enum.StrEnum):
@@ -539,8 +542,8 @@ def _recommend(
         policy, load, capacity, rates, cold_start, loading
     )
     # Only a backlog beyond the scale-up trigger that is draining (fewer requests in flight
-    # than at the last measurement) makes the two differ by more than noise: a queue that
-    # stays (closed-loop clients) is load, not backlog.
+    # than at the last measurement; the same count keeps the last verdict) makes the two
+    # differ by more than noise: a queue that stays (closed-loop clients) is load, not backlog.
     backlog = draining and load.waiting > target * max(1, on_hand)
     arrivals_ask = (
         None
@@ -695,6 +698,7 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
     # Replicas already on their way count as capacity: no second wave while a model loads.
     on_hand = max(current, len(obs.ready) + len(obs.starting))
     all_failed = bool(obs.ready) and load.sampled == 0
+    draining = False
 
     if all_failed:
         raw, reason, message = (
@@ -705,7 +709,11 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
         arrivals_ask: int | None = None
     else:
         loading = any(p.scheduled and not p.ever_served for p in obs.starting)
-        draining = memory.in_flight is not None and load.in_flight < memory.in_flight
+        # An unchanged count (nothing finished between two samples) keeps the last verdict.
+        draining = memory.in_flight is not None and (
+            load.in_flight < memory.in_flight
+            or (load.in_flight == memory.in_flight and memory.draining)
+        )
         # The last change was a decrease, and the sustained arrival rate has not risen since
         # (by more than the tolerance): a rising load is never held back.
         after_down = (
@@ -802,6 +810,7 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             answered=answered,
             down_rate=_down_rate(memory.down_rate, rates.sustained, current, desired),
             scheduled=floor.started,
+            draining=draining,
         ),
         queue_depth=load.waiting,
         running=load.running,
