@@ -724,6 +724,75 @@ def goals_summary(cases: Sequence[CaseResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def before_table(cases: Sequence[CaseResult], before: dict[Case, Result]) -> str:
+    """Ours at its default, another version of the algorithm (`before`, from the cache) →
+    this one, per workload (means over the seeds both have), then the totals."""
+    lines = [
+        "| model | workload | GPU-hours before → now | SLO attainment before → now | "
+        "direction changes per load change before → now | ≤ 1 per change on, before → now |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    total_before = total_now = 0.0
+    flat_before = flat_now = runs = 0
+    seeds: set[int] = set()
+    for (size, workload), group in _by_workload(cases).items():
+        pairs = []
+        for c in group:
+            if c.case in before:
+                now = next(
+                    r for r in c.results if r.family == "ours" and r.knob == FAMILIES[0].default
+                )
+                pairs.append((before[c.case], now, max(1, c.load_changes), c.load_changes))
+                seeds.add(c.case.seed)
+        if not pairs:
+            continue
+        n = len(pairs)
+        gpu_b = statistics.fmean(b.gpu_hours for b, _, _, _ in pairs)
+        gpu_n = statistics.fmean(r.gpu_hours for _, r, _, _ in pairs)
+        ok_b = sum(b.direction_changes <= lc for b, _, _, lc in pairs)
+        ok_n = sum(r.direction_changes <= lc for _, r, _, lc in pairs)
+        total_before += gpu_b
+        total_now += gpu_n
+        flat_before += ok_b
+        flat_now += ok_n
+        runs += n
+        lines.append(
+            f"| {size} | {workload} | {gpu_b:.2f} → {gpu_n:.2f} ({100 * (gpu_n / gpu_b - 1):+.0f} %) | "
+            f"{100 * statistics.fmean(b.attainment for b, _, _, _ in pairs):.1f} → "
+            f"{100 * statistics.fmean(r.attainment for _, r, _, _ in pairs):.1f} | "
+            f"{statistics.fmean(b.direction_changes / d for b, _, d, _ in pairs):.1f} → "
+            f"{statistics.fmean(r.direction_changes / d for _, r, d, _ in pairs):.1f} | "
+            f"{ok_b}/{n} → {ok_n}/{n} |"
+        )
+    if not runs:
+        return "No run of the other version of the algorithm is in the cache.\n"
+    lines.append("")
+    lines.append(
+        f"Total over the cases (mean per seed, seeds {_seed_list(sorted(seeds))}): "
+        f"{total_before:.1f} → {total_now:.1f} GPU-hours "
+        f"({100 * (total_now / total_before - 1):+.1f} %); runs with at most one direction "
+        f"change per load change: {flat_before} → {flat_now} of {runs}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ",".join(str(s) for s in seeds)
+
+
+def _before_runs(cache: Path | None, cases: Sequence[Case], source: bytes) -> dict[Case, Result]:
+    """Ours at its default under another version of algorithm.py, where the cache has it."""
+    fingerprints: dict[str | None, str] = {"ours": _fingerprint("ours", source)}
+    found: dict[Case, Result] = {}
+    for case in cases:
+        payload = _load(cache, Unit(case, "ours", FAMILIES[0].default), fingerprints)
+        if payload is not None:
+            found[case] = cast(Result, payload)
+    return found
+
+
 def schedule_table(cases: Sequence[CaseResult]) -> str:
     """Business hours: ours at its default with and without the office hours' scheduled
     minimum, against the feasible plan and the fluid bound at 99 % (mean and range over
@@ -771,8 +840,9 @@ def beaten_bounds(cases: Sequence[CaseResult]) -> list[str]:
     return out
 
 
-def _fingerprint(family: str | None) -> str:
-    """The code a unit's result depends on; a cached result of other code is not reused."""
+def _fingerprint(family: str | None, algorithm_source: bytes | None = None) -> str:
+    """The code a unit's result depends on; a cached result of other code is not reused.
+    `algorithm_source`: another version of algorithm.py (to find "ours" runs of it)."""
     h = hashlib.sha256()
     for mod in (autoscale_engine, autoscale_workloads, autoscale_policies):
         h.update(Path(str(mod.__file__)).read_bytes())
@@ -790,7 +860,7 @@ def _fingerprint(family: str | None) -> str:
         h.update(inspect.getsource(fam.make).encode())
         h.update(repr(MAX_REPLICAS).encode())
         if fam.make in (_ours, _ours_scheduled):
-            h.update(Path(str(algorithm.__file__)).read_bytes())
+            h.update(algorithm_source or Path(str(algorithm.__file__)).read_bytes())
             h.update(Path(str(schedule.__file__)).read_bytes())
         if fam.make is _ours_scheduled:
             h.update(inspect.getsource(ScheduledOurs).encode())
@@ -864,6 +934,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep each case's result here; a rerun reuses them (resume a long sweep)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--before-algorithm",
+        type=Path,
+        help="another version of algorithm.py (e.g. from git show): also compare ours at its "
+        "default with its runs in --cache (never computed here)",
+    )
     parser.add_argument(
         "--held-out",
         default="",
@@ -940,6 +1016,19 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n### Goals per workload and seed\n\n" + goals_table(done)
         beaten = beaten_bounds(done)
         text += "\nRuns below the bound: " + ("none" if not beaten else "; ".join(beaten)) + "\n"
+    if args.before_algorithm:
+        before = _before_runs(
+            args.cache, [c.case for c in done], args.before_algorithm.read_bytes()
+        )
+        text += (
+            f"\n### Ours at its default: {args.before_algorithm.name} → this algorithm\n\n"
+            + before_table(done, before)
+        )
+        if args.held_out:
+            held_seeds = set(_seeds(args.held_out))
+            text += f"\nOn the seeds not used for tuning ({args.held_out}):\n\n" + before_table(
+                [c for c in done if c.case.seed in held_seeds], before
+            )
     sys.stdout.write(text)
     sys.stdout.write(
         f"\n{len(done)} cases ({ran} runs computed, the rest cached) in "
