@@ -13,7 +13,7 @@ import pytest
 import yaml
 from localcluster import LocalCluster
 
-from support import fresh_namespace
+from support import fresh_namespace, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -336,7 +336,15 @@ def test_invalid_manifest_is_rejected_by_the_api_server(
 
 
 def test_explain_shows_documented_autoscaling_fields(cluster: LocalCluster) -> None:
-    out = cluster.kubectl("explain", "modelexpert.spec.autoscaling")
+    # The API server publishes a new CRD's schema to OpenAPI some seconds after the CRD is
+    # Established; until then explain answers "couldn't find resource" (seen when this test
+    # ran first in a session).
+    out = wait_for(
+        lambda: cluster.kubectl("explain", "modelexpert.spec.autoscaling"),
+        "kubectl explain to know the ModelExpert schema",
+        60,
+        1.0,
+    )
     for name in (
         "minReplicas",
         "maxReplicas",
