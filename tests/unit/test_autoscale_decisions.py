@@ -19,6 +19,7 @@ from modelflock.autoscale.algorithm import (
     ScalingPolicy,
     StartingPod,
     decide,
+    rate_risen_above,
     scale_down_window,
 )
 
@@ -368,8 +369,12 @@ READDS = [
     ReaddCase("a peak after a decrease is held", 1.0, 1.2, 1.2, 2),
     # The same peak with no decrease since the last change: the queue rule scales up.
     ReaddCase("no decrease before: up", 1.0, 1.2, None, 3),
-    # The sustained rate rose by more than the tolerance since the decrease: up.
-    ReaddCase("rising load is never held", 1.0, 1.2, 1.0, 3),
+    # The sustained rate rose by more than the tolerance and its own noise since the
+    # decrease (0.9/s x 1.1 + 2 x sqrt(0.9 / 240) = 1.11/s): up.
+    ReaddCase("rising load is never held", 1.0, 1.2, 0.9, 3),
+    # 1.05 -> 1.2/s is past the tolerance (1.155) but within two standard deviations of a
+    # rate smoothed over 120 s (+0.13/s at 1.05/s): chance, not a rise; held.
+    ReaddCase("a rise within the rate's noise is held", 1.0, 1.2, 1.05, 2),
     # More than half the replicas' batches wait (12 > 10): up.
     ReaddCase("a long queue is not a peak", 6.0, 1.2, 1.2, 4),
     # The sustained arrivals need more than the replicas hold (2.1/s: 21 + 0.3): up.
@@ -403,6 +408,45 @@ def test_a_replica_taken_by_a_decrease_comes_back_only_for_sustained_load(
     assert d.desired_replicas == case.desired, d.message
     held = d.desired_replicas == 2
     assert (d.reason == Reason.PEAK_AFTER_SCALE_DOWN) == held, d.reason
+
+
+@pytest.mark.parametrize(
+    ("rate", "risen_above"),
+    [
+        # tolerance 10 % plus 2 x sqrt(rate / 240): the noise matters at a few requests/s
+        # (70B: 2/s -> +9 % more) and hardly at a hundred (+1.3 %).
+        (2.0, 2.0 * 1.1 + 2 * (2.0 / 240) ** 0.5),
+        (100.0, 110.0 + 2 * (100.0 / 240) ** 0.5),
+        (0.0, 0.0),
+    ],
+)
+def test_a_rise_counts_beyond_the_tolerance_and_the_noise(rate: float, risen_above: float) -> None:
+    assert rate_risen_above(rate, 0.1) == pytest.approx(risen_above)
+
+
+def test_held_requests_landing_on_the_first_pod_are_not_arrivals() -> None:
+    # 118 requests held by routers (no pod ready), arriving at 0.74/s. The first pod becomes
+    # ready; its first two scrapes predate the held requests reaching it (empty), the third
+    # shows them. They were in flight all along: the rate stays near 0.74/s (the 4 more in
+    # 10 s: 0.4/s), where counting them as arrivals made it 8.5/s and woke six 70B replicas.
+    memory = ScalerMemory(
+        last_load_at=1000.0,
+        capacity_per_replica=22.0,
+        counters_at=1000.0,
+        in_flight=118.0,
+        arrival_rate=0.74,
+        replica_rate=1.3,
+    )
+    p = policy(min_replicas=0, max_scale_up_step=4)
+    empty = [(0.0, 0.0, 0.0)]
+    first = decide(p, counted(1005.0, empty), memory)
+    assert first.memory.in_flight == pytest.approx(118.0)
+    second = decide(p, counted(1010.0, empty), first.memory)
+    assert second.memory.counters_at == 1005.0  # the reference point stays
+    assert second.memory.arrival_rate == pytest.approx(0.74)
+    third = decide(p, counted(1015.0, [(110.0, 12.0, 0.0)]), second.memory)
+    assert third.memory.arrival_rate == pytest.approx(0.74 + 10 / 15 * (0.4 - 0.74))
+    assert third.memory.in_flight == pytest.approx(122.0)
 
 
 def test_the_rate_at_a_decrease_is_kept_until_replicas_are_added() -> None:
