@@ -449,6 +449,28 @@ def test_held_requests_landing_on_the_first_pod_are_not_arrivals() -> None:
     assert third.memory.in_flight == pytest.approx(122.0)
 
 
+@pytest.mark.parametrize(("since", "reference_at"), [(10.0, 990.0), (40.0, 1000.0)])
+def test_requests_missing_for_longer_than_metrics_lag_are_gone(
+    since: float, reference_at: float
+) -> None:
+    # 50 in flight at the reference point, 10 now and nothing finished: 40 requests the
+    # metrics do not show. For up to 30 s that is lag (the reference point stays); after
+    # that they are gone (an engine crashed): the count is the new reference, and the rate
+    # estimate is kept either way rather than read as -4/s or frozen.
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0),),
+        counters_at=1000.0 - since,
+        in_flight=50.0,
+        arrival_rate=2.0,
+    )
+    d = decide(policy(), counted(1000.0, [(0.0, 10.0, 100.0)]), memory)
+    assert d.memory.counters_at == reference_at
+    assert d.memory.in_flight == (50.0 if reference_at < 1000.0 else 10.0)
+    assert d.memory.arrival_rate == pytest.approx(2.0)
+
+
 def test_the_rate_at_a_decrease_is_kept_until_replicas_are_added() -> None:
     p = policy(burst_headroom=0.0)
     memory = ScalerMemory(last_load_at=990.0, capacity_per_replica=10.0, sustained_rate=4.0)

@@ -73,6 +73,8 @@ SUSTAINED_RATE_SECONDS = 120.0
 # After a decrease, a replica comes back on a Poisson peak only with a queue above this
 # fraction of the replicas' batches (or once the sustained rate has risen or does not fit).
 REUP_QUEUE_FRACTION = 0.5
+# Requests missing from the pods' metrics for longer than this are gone, not late.
+METRICS_LAG_MAX_SECONDS = 30.0
 # The sustained rate has risen only beyond the tolerance plus this many standard deviations
 # of its own Poisson noise.
 RISE_NOISE_SIGMAS = 2.0
@@ -450,8 +452,12 @@ def _rates(obs: Observation, memory: ScalerMemory, load: _Load, capacity: float 
         # fall beyond the completions is requests the metrics do not show yet (a pod's scrape
         # from before the routers' held requests reached it). Keep the reference point:
         # counted as arrivals once they showed, they read as a burst (70B business hours:
-        # 8.5 requests/s where 0.7 arrived, and six replicas instead of two).
-        return _estimates_kept(memory, memory.counters, at)
+        # 8.5 requests/s where 0.7 arrived, and six replicas instead of two). A fall that
+        # lasts longer than metrics lag is real (a crashed engine lost its requests): start
+        # from it, keeping the estimate, rather than freeze the rate.
+        if dt <= METRICS_LAG_MAX_SECONDS:
+            return _estimates_kept(memory, memory.counters, at)
+        return _estimates_kept(memory, counters, obs.now)
     # Pods without a previous counter (new) or not ready (no counters) are not counted: the
     # change of requests in flight then also misses theirs, which the smoothing absorbs.
     instant = (
