@@ -339,6 +339,10 @@ class EngineFleet:
         self.engines.clear()
         if self._session is not None:
             await self._session.close()
+            # Let the closed connections' transports finish closing before the loop stops
+            # (aiohttp's graceful shutdown); otherwise an SSL socket to the API server is
+            # collected open later and `filterwarnings = error` fails the session at exit.
+            await asyncio.sleep(0.25)
 
 
 # ---- fixtures and helpers ----------------------------------------------------------------------
