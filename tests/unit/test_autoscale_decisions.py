@@ -410,6 +410,58 @@ def test_a_replica_taken_by_a_decrease_comes_back_only_for_sustained_load(
     assert (d.reason == Reason.PEAK_AFTER_SCALE_DOWN) == held, d.reason
 
 
+# ---------------------------------------------------------------- scale-down on a rising load
+@dataclass(frozen=True)
+class TrendCase:
+    name: str
+    trend: tuple[tuple[float, float], ...]  # (time, sustained rate) remembered before now
+    desired: int
+
+
+# 3 replicas of c = 10 running 5 each (a dip): 15 + sqrt(15) = 18.9 slots fit 2. The
+# sustained rate now is 1.0/s; the scale-down window is 300 s.
+TRENDS = [
+    TrendCase("flat load: down", ((700.0, 1.0), (850.0, 1.0)), 2),
+    # 0.8 -> 0.9 -> 1.0/s: risen beyond 2 x sqrt(0.8 / 240) = 0.115/s, half of it lately.
+    TrendCase("rising ramp: held", ((700.0, 0.8), (850.0, 0.9)), 3),
+    # 0.5 -> 0.95 -> 1.0/s: the smoothed rate settling after a step (0.05 of the 0.5 rise
+    # in the later half): down.
+    TrendCase("settling after a step: down", ((700.0, 0.5), (850.0, 0.95)), 2),
+    # 0.92 -> 1.0/s is within two standard deviations of the rate's noise (0.124/s): down.
+    TrendCase("a rise within the noise: down", ((700.0, 0.92), (850.0, 0.96)), 2),
+    # Samples over 100 s only (less than half the window): not a trend yet, down.
+    TrendCase("too short a history: down", ((900.0, 0.8), (950.0, 0.9)), 2),
+    # The rise began more than a window ago; the window's own samples are flat: down.
+    TrendCase("older samples are forgotten", ((600.0, 0.5), (700.0, 1.0), (850.0, 1.0)), 2),
+]
+
+
+@pytest.mark.parametrize("case", TRENDS, ids=lambda c: c.name)
+def test_no_scale_down_while_the_sustained_arrivals_rise(case: TrendCase) -> None:
+    memory = ScalerMemory(
+        last_load_at=990.0,
+        capacity_per_replica=10.0,
+        counters=(("a", 100.0), ("b", 100.0), ("c", 100.0)),
+        counters_at=995.0,
+        in_flight=15.0,
+        arrival_rate=1.0,
+        sustained_rate=1.0,
+        replica_rate=1.0,
+        trend=case.trend,
+    )
+    obs = counted(1000.0, [(0.0, 5.0, 100.0 + 1.0 * 5 / 3)] * 3)
+    d = decide(policy(scale_down_window_seconds=300), obs, memory)
+    assert d.memory.sustained_rate == pytest.approx(1.0)
+    assert d.desired_replicas == case.desired, d.message
+    held = case.desired == 3
+    assert (d.reason == Reason.STABILIZING_DOWN) == held, d.reason
+    assert ("arrivals rising" in d.message) == held, d.message
+    # The window's samples are kept for the next tick, this one's last.
+    kept = tuple(t for t in case.trend if 1000.0 - t[0] <= 300)
+    assert d.memory.trend[:-1] == kept
+    assert d.memory.trend[-1] == pytest.approx((1000.0, 1.0))
+
+
 @pytest.mark.parametrize(
     ("rate", "risen_above"),
     [

@@ -78,6 +78,12 @@ METRICS_LAG_MAX_SECONDS = 30.0
 # The sustained rate has risen only beyond the tolerance plus this many standard deviations
 # of its own Poisson noise.
 RISE_NOISE_SIGMAS = 2.0
+# The load is rising when the sustained rate is above what it was one scale-down window ago
+# (two cold starts) by more than this many standard deviations of its own Poisson noise.
+TREND_NOISE_SIGMAS = 2.0
+# ... and rose by at least this share of that in the later half of the window: a trend, not
+# the smoothed rate settling after a step (a step's settling rises about a fifth there).
+TREND_LATER_SHARE = 1 / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +207,7 @@ class ScalerMemory:
     `answered` names the ready pods whose metrics were read at least once. `scheduled` are
     the scheduled windows whose floor is in force (they hold it until their end). `draining`
     is whether the requests in flight were falling at the last tick (an unchanged count keeps
-    that verdict).
+    that verdict). `trend` holds (time, sustained rate) over the last scale-down window.
     """
 
     recommendations: tuple[Recommendation, ...] = ()
@@ -221,6 +227,7 @@ class ScalerMemory:
     down_rate: float | None = None
     scheduled: tuple[tuple[Schedule, datetime], ...] = ()
     draining: bool = False
+    trend: tuple[tuple[float, float], ...] = ()
 
 
 class Reason(enum.StrEnum):
@@ -720,6 +727,8 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
     # measured from here and a restart never scales an expert straight to zero.
     last_load_at = now if busy or memory.last_load_at is None else memory.last_load_at
 
+    trend, rising_from = _trend(memory.trend, now, rates.sustained, window)
+
     # Replicas already on their way count as capacity: no second wave while a model loads.
     on_hand = max(current, len(obs.ready) + len(obs.starting))
     all_failed = bool(obs.ready) and load.sampled == 0
@@ -792,6 +801,17 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
                 Reason.WOKEN_BY_DEMAND,
                 (f"routers hold {obs.demand.waiting if obs.demand else 0} requests"),
             )
+        if rising_from is not None and desired < current:
+            # The sustained arrivals rose over the last scale-down window: a dip of the
+            # requests in flight on a rising load is not a reason to let a replica go.
+            desired, reason, message = (
+                current,
+                Reason.STABILIZING_DOWN,
+                (
+                    f"{message}; arrivals rising ({rising_from:.3g} -> "
+                    f"{rates.sustained or 0.0:.3g} req/s): not scaling down"
+                ),
+            )
         if load.failed and desired < current:
             desired, reason, message = (
                 current,
@@ -840,6 +860,7 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalerMemory) -> Dec
             down_rate=_down_rate(memory.down_rate, rates.sustained, current, desired),
             scheduled=floor.started,
             draining=draining,
+            trend=trend,
         ),
         queue_depth=load.waiting,
         running=load.running,
@@ -854,6 +875,41 @@ def rate_risen_above(rate: float, tolerance: float) -> float:
     requests/s the noise alone is 4.5 %, and a 10 % tolerance was crossed by chance."""
     noise = math.sqrt(max(rate, 0.0) / (2 * SUSTAINED_RATE_SECONDS))
     return rate * (1 + tolerance) + RISE_NOISE_SIGMAS * noise
+
+
+def _arrivals_need(policy: ScalingPolicy, rates: _Rates, capacity: float | None) -> int | None:
+    """Replicas the arrival rate asks for by Little's law, with headroom (None: not known)."""
+    if not capacity or rates.arrival is None or not (rates.replica or rates.service):
+        return None
+    service = capacity / rates.replica if rates.replica else float(rates.service or 0.0)
+    steady = rates.arrival * service
+    return _ceil((steady + policy.burst_headroom * math.sqrt(steady)) / capacity)
+
+
+def _trend(
+    history: tuple[tuple[float, float], ...],
+    now: float,
+    sustained: float | None,
+    window: float,
+) -> tuple[tuple[tuple[float, float], ...], float | None]:
+    """The sustained rates of the last scale-down window (kept for the next tick), and the
+    earliest of them when the load is rising: the samples span at least half the window, the
+    rate now is above the earliest by more than its own Poisson noise (TREND_NOISE_SIGMAS
+    standard deviations), and at least TREND_LATER_SHARE of that rise came in the later half
+    of the span (a trend, not the smoothed rate settling after a step). None otherwise."""
+    kept = tuple((at, rate) for at, rate in history if 0 <= now - at <= window)
+    if sustained is None:
+        return kept, None
+    rising_from = None
+    span = now - kept[0][0] if kept else 0.0
+    middle = next((rate for at, rate in kept if at >= now - span / 2), None)
+    if kept and span >= window / 2 and middle is not None:
+        earliest = kept[0][1]
+        noise = math.sqrt(max(earliest, 0.0) / (2 * SUSTAINED_RATE_SECONDS))
+        rise = sustained - earliest
+        if rise > TREND_NOISE_SIGMAS * noise and sustained - middle >= TREND_LATER_SHARE * rise:
+            rising_from = earliest
+    return (*kept, (now, sustained)), rising_from
 
 
 def _down_rate(
