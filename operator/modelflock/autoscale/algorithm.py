@@ -877,15 +877,6 @@ def rate_risen_above(rate: float, tolerance: float) -> float:
     return rate * (1 + tolerance) + RISE_NOISE_SIGMAS * noise
 
 
-def _arrivals_need(policy: ScalingPolicy, rates: _Rates, capacity: float | None) -> int | None:
-    """Replicas the arrival rate asks for by Little's law, with headroom (None: not known)."""
-    if not capacity or rates.arrival is None or not (rates.replica or rates.service):
-        return None
-    service = capacity / rates.replica if rates.replica else float(rates.service or 0.0)
-    steady = rates.arrival * service
-    return _ceil((steady + policy.burst_headroom * math.sqrt(steady)) / capacity)
-
-
 def _trend(
     history: tuple[tuple[float, float], ...],
     now: float,
