@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import fields
 from typing import Any
 
 from modelflock.evaluation.stats import Tally
@@ -24,12 +23,6 @@ from modelflock.router.shadow.metrics import ShadowMetrics
 log = logging.getLogger(__name__)
 
 _HEARTBEAT_SECONDS = 60.0  # report even without news this often (to learn the policy's spend)
-
-
-def delta(now: Tally, before: Tally | None) -> Tally:
-    if before is None:
-        return now
-    return Tally(*(getattr(now, f.name) - getattr(before, f.name) for f in fields(Tally)))
 
 
 def report_body(
@@ -44,7 +37,8 @@ def report_body(
 ) -> dict[str, Any]:
     results = []
     for key, tally in sorted(tallies.items()):
-        change = delta(tally, sent.get(key))
+        before = sent.get(key)
+        change = tally if before is None else tally.without(before)  # counters only grow
         if change.samples:
             results.append(tally_wire(key, change))
     return {
