@@ -738,14 +738,23 @@ def test_10_every_dashboard_query_returns_series_for_the_experts_namespace(day: 
         **{"match[]": f'modelflock_router_shadow_samples_total{{namespace=~"{NS}"}}'},
     )
     assert "code" in routes
-    empty = []
-    for panel in board["panels"]:
-        for target in panel.get("targets", []):
-            result = prom.query(panel_query(target["expr"], NS, "10m", "code"))
-            if not result:
-                empty.append(f"{panel['title']}: {target['expr']}")
-            for sample in result:
-                assert sample["metric"].get("namespace", NS) == NS, (panel["title"], sample)
+
+    def empty_panels() -> list[str]:
+        empty = []
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                result = prom.query(panel_query(target["expr"], NS, "10m", "code"))
+                if not result:
+                    empty.append(f"{panel['title']}: {target['expr']}")
+                for sample in result:
+                    assert sample["metric"].get("namespace", NS) == NS, (panel["title"], sample)
+        return empty
+
+    # increase() needs two scrapes of a series: a counter first seen in the newest scrape
+    # has no increase yet, so give the panels a few scrape intervals before judging them.
+    deadline = time.monotonic() + 15
+    while (empty := empty_panels()) and time.monotonic() < deadline:
+        time.sleep(1)
     assert not empty, "panels without series for namespace llm:\n" + "\n".join(empty)
     # Picking the operator's namespace shows no experts: they are not attributed to it.
     queue = next(p for p in board["panels"] if p["title"] == "Queue depth per expert")
