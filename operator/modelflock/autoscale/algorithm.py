@@ -13,9 +13,10 @@ How replicas are sized (see docs/autoscaling.md):
 - The load to carry is the arrival rate, by Little's law: requests in flight at full batches
   = arrival rate x service time. The arrival rate is the pods' completion counters plus the
   change of requests in flight (requests leave only by finishing: a larger fall is metrics
-  that do not show them yet, e.g. routers' held requests on a pod scraped before they came); the service time at full batches is `c` over the completion
-  rate of a saturated replica (learned). A waiting backlog adds what drains it within a cold
-  start. Without counters, the requests in flight (waiting + running) are the load.
+  that do not show them yet, e.g. routers' held requests on a pod scraped before they came);
+  the service time at full batches is `c` over the completion rate of a saturated replica
+  (learned). A waiting backlog adds what drains it within a cold start. Without counters,
+  the requests in flight (waiting + running) are the load.
 - Headroom is square-root staffing: slots = load + burstHeadroom * sqrt(load), which is
   relatively less as load grows (Poisson bursts grow with the square root of the rate).
 - Scale up when the slots exceed what the replicas on hand (ready and starting) hold with
@@ -23,8 +24,8 @@ How replicas are sized (see docs/autoscaling.md):
   ceil(slots / c). The gap between c and c + T is the hysteresis that stops flapping.
 - After a decrease, the replica comes back on a peak of the requests in flight only if the
   sustained arrival rate rose (beyond the tolerance and its own Poisson noise), does not fit
-  the replicas, or the queue is long: a fuller batch
-  runs slower, so fewer replicas run nearly full and every Poisson peak crosses the trigger.
+  the replicas, or the queue is long: a fuller batch runs slower, so fewer replicas run nearly
+  full and every Poisson peak crosses the trigger.
 - Decreases are held by the scale-down window (the highest recommendation in it wins, as in
   the HPA); without an explicit window it is derived from the expert's own cold start, learned
   from how long its pods took to become ready. Increases are immediate but capped per step.

@@ -3,8 +3,9 @@
 Deltas, not totals: a router that restarts starts from zero without taking anything back, and
 the operator adds up any number of routers. A report that fails is retried with the next one
 (the delta grows), numbered: `sequence` counts attempts, `acknowledged` is the last one
-answered, so the operator can take off what it applied from an attempt whose answer was lost. The operator answers with the policy's spend today, which feeds the
-budget shared by all of the policy's routers.
+answered, so the operator can take off what it applied from an attempt whose answer was lost.
+The operator answers with the policy's spend today, which feeds the budget shared by all of
+the policy's routers.
 """
 
 from __future__ import annotations
